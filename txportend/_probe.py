@@ -1,0 +1,335 @@
+"""
+One look at a port: resolve a host without blocking, try one TCP connection
+to each address, or try to bind.
+
+Everything goes through the reactor it is given (``connectTCP``,
+``listenTCP``, ``callLater`` and its ``nameResolver``), so a
+:class:`~twisted.internet.testing.MemoryReactorClock` drives every path.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from twisted.internet import error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import (
+    IAddress,
+    IConnector,
+    IHostResolution,
+    IResolutionReceiver,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._errors import HostNotFound
+from ._hostport import check_host, check_port, client_host
+from ._reactor import IPortendReactor, get_reactor
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IListeningPort
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def is_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address literal (not a name)."""
+    return bool(isIPAddress(host) or isIPv6Address(host))
+
+
+class Outcome(enum.Enum):
+    """What one connection attempt to one address saw."""
+
+    #: Something accepted the connection: the port is occupied.
+    ACCEPTED = "accepted"
+    #: The connection was refused (RST): nothing listens there.
+    REFUSED = "refused"
+    #: No answer before the probe timeout (a dropped SYN, a full backlog, a
+    #: firewall). portend counts this as free; here the caller can tell.
+    TIMED_OUT = "timed out"
+    #: Any other failure to connect (no route, network unreachable, ...).
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """
+    The result of :func:`probe`: one outcome per resolved address.
+
+    :ivar host: the host as given (after bind addresses were mapped to
+        loopback).
+    :ivar port: the port probed.
+    :ivar outcomes: address literal to :class:`Outcome`, in resolution order.
+    """
+
+    host: str
+    port: int
+    outcomes: dict[str, Outcome]
+
+    @property
+    def accepted(self) -> bool:
+        """True when at least one address accepted a connection."""
+        return Outcome.ACCEPTED in self.outcomes.values()
+
+    def first_accepting(self) -> str | None:
+        """The first address that accepted, or ``None``."""
+        for address, outcome in self.outcomes.items():
+            if outcome is Outcome.ACCEPTED:
+                return address
+        return None
+
+
+@implementer(IResolutionReceiver)
+class _Receiver:
+    """Collects resolved addresses into a Deferred list of literals."""
+
+    def __init__(self, host: str, result: Deferred[list[str]]) -> None:
+        self._host = host
+        self._result = result
+        self._addresses: list[str] = []
+
+    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        host = getattr(address, "host", None)
+        if isinstance(host, str) and host not in self._addresses:
+            self._addresses.append(host)
+
+    def resolutionComplete(self) -> None:
+        if self._addresses:
+            self._result.callback(self._addresses)
+        else:
+            self._result.errback(
+                HostNotFound(socket.EAI_NONAME, f"Host {self._host!r} did not resolve.")
+            )
+
+
+def resolve(reactor: IPortendReactor, host: str, port: int) -> Deferred[list[str]]:
+    """
+    Resolve ``host`` to its IPv4 and IPv6 address literals, without blocking.
+
+    Address literals (bind addresses mapped to loopback first) are returned
+    as they are; names go through ``reactor.nameResolver``.
+
+    :return: a Deferred firing with a non-empty list of address literals, or
+        failing with :class:`~txportend.HostNotFound`. Cancelling it drops the
+        answer when it comes.
+    """
+    host = client_host(host)
+    if is_address(host):
+        return succeed([host])
+    result: Deferred[list[str]] = Deferred()
+    reactor.nameResolver.resolveHostName(
+        _Receiver(host, result),
+        host,
+        port,
+        addressTypes=[IPv4Address, IPv6Address],
+        transportSemantics="TCP",
+    )
+    return result
+
+
+class _ProbeProtocol(Protocol):
+    """Closes the connection the moment it is made, with a reset."""
+
+    factory: _ProbeFactory
+
+    def connectionMade(self) -> None:
+        self.factory.outcome = Outcome.ACCEPTED
+        transport = self.transport
+        assert transport is not None
+        # Close with RST (SO_LINGER 0): no TIME_WAIT is left on our side, so
+        # polling a listening port fast for a long time can't use up
+        # ephemeral ports.
+        handle = getattr(transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            try:
+                handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:  # pragma: no cover - platform without SO_LINGER
+                pass
+        transport.abortConnection()  # type: ignore[attr-defined]
+
+
+class _ProbeFactory(ClientFactory):
+    """Fires ``result`` with the :class:`Outcome` of one connection attempt."""
+
+    noisy = False
+    protocol = _ProbeProtocol
+
+    def __init__(self, result: Deferred[Outcome]) -> None:
+        self.result = result
+        self.outcome: Outcome | None = None
+
+    def _fire(self, outcome: Outcome) -> None:
+        if not self.result.called:
+            self.result.callback(outcome)
+
+    def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
+        # The connection was made and closed: the socket is gone now.
+        self._fire(Outcome.ACCEPTED)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        if reason.check(error.UserError):
+            # stopConnecting() from our canceller: the Deferred is cancelled.
+            return
+        if reason.check(error.ConnectionRefusedError):
+            self._fire(Outcome.REFUSED)
+        elif reason.check(error.TimeoutError, error.TCPTimedOutError):
+            self._fire(Outcome.TIMED_OUT)
+        else:
+            self._fire(Outcome.UNREACHABLE)
+
+
+def connect_once(
+    reactor: IPortendReactor, address: str, port: int, timeout: float
+) -> Deferred[Outcome]:
+    """
+    Try one TCP connection to an address literal and close it at once.
+
+    :param timeout: seconds to wait for the handshake.
+    :return: a Deferred firing with the :class:`Outcome`; cancelling it stops
+        the attempt and closes the socket.
+    """
+    connector: IConnector | None = None
+
+    def cancel(d: Deferred[Outcome]) -> None:
+        if connector is not None:
+            connector.stopConnecting()
+
+    result: Deferred[Outcome] = Deferred(cancel)
+    connector = reactor.connectTCP(address, port, _ProbeFactory(result), timeout)
+    return result
+
+
+def probe(
+    host: str,
+    port: int,
+    timeout: float = 1.0,
+    *,
+    reactor: IPortendReactor | None = None,
+) -> Deferred[ProbeResult]:
+    """
+    Look once at ``host:port``: resolve it, try one connection to every
+    address in parallel, and say per address what happened.
+
+    portend folds this into yes/no and counts a dropped SYN as free; here the
+    caller sees :attr:`Outcome.ACCEPTED`, :attr:`~Outcome.REFUSED`,
+    :attr:`~Outcome.TIMED_OUT` or :attr:`~Outcome.UNREACHABLE` for each
+    address.
+
+    :param host: a host name or address; bind addresses (``0.0.0.0``, ``::``)
+        are probed on the matching loopback address.
+    :param port: the TCP port.
+    :param timeout: seconds each connection attempt may take.
+    :param reactor: the reactor to use; the global one by default.
+    :return: a Deferred firing with a :class:`ProbeResult`, or failing with
+        :class:`~txportend.HostNotFound` when the name does not resolve, or
+        ``ValueError`` for an empty host. It can be cancelled.
+    """
+    check_host(host)
+    port = check_port(port)
+    r = get_reactor(reactor)
+    mapped = client_host(host)
+    resolved = resolve(r, mapped, port)
+
+    def connect_all(addresses: list[str]) -> Deferred[ProbeResult]:
+        attempts = [connect_once(r, a, port, timeout) for a in addresses]
+        gathered: Deferred[list[Outcome]] = gatherResults(attempts, consumeErrors=True)
+        return gathered.addCallback(
+            lambda outcomes: ProbeResult(mapped, port, dict(zip(addresses, outcomes)))
+        )
+
+    return resolved.addCallback(connect_all)
+
+
+class _NullFactory(Factory):
+    noisy = False
+    protocol = Protocol
+
+
+def _listen(reactor: IPortendReactor, address: str, port: int) -> IListeningPort:
+    return reactor.listenTCP(port, _NullFactory(), interface=address)
+
+
+def _close(listening: IListeningPort) -> Deferred[None]:
+    stopped = listening.stopListening()
+    if isinstance(stopped, Deferred):
+        return stopped.addCallback(lambda _: None)
+    return succeed(None)
+
+
+def can_bind(
+    host: str, port: int, *, reactor: IPortendReactor | None = None
+) -> Deferred[bool]:
+    """
+    Say whether this process could listen on ``host:port`` right now, by
+    binding it with ``reactor.listenTCP`` and closing it again at once.
+
+    This sees what a connect probe cannot: a port held by a socket that is
+    bound but not listening, for instance. (``listenTCP`` sets
+    ``SO_REUSEADDR`` on POSIX, as any Twisted server would, so a port whose
+    old connections linger in TIME_WAIT counts as bindable.)
+
+    :param host: an address or name to bind; ``0.0.0.0`` and ``::`` mean
+        every interface. A name must be bindable on every address it
+        resolves to.
+    :param port: the TCP port.
+    :param reactor: the reactor to use; the global one by default.
+    :return: a Deferred firing with ``True`` or ``False``, or failing with
+        :class:`~txportend.HostNotFound`. It can be cancelled.
+    """
+    check_host(host)
+    r = get_reactor(reactor)
+    addresses: Deferred[list[str]] = (
+        succeed([host]) if is_address(host) else resolve(r, host, port)
+    )
+
+    def bind_each(found: Sequence[str]) -> Deferred[bool]:
+        # One address at a time, each closed before the next is bound: a name
+        # resolving to 0.0.0.0 and :: must not collide with itself.
+        if not found:
+            return succeed(True)
+        try:
+            listening = _listen(r, found[0], port)
+        except error.CannotListenError:
+            return succeed(False)
+        return _close(listening).addCallback(lambda _: bind_each(found[1:]))
+
+    return addresses.addCallback(bind_each)
+
+
+def find_available_local_port(
+    *, reactor: IPortendReactor | None = None
+) -> Deferred[int]:
+    """
+    Find a TCP port on 127.0.0.1 that nothing is bound to, by letting the
+    kernel pick one with ``reactor.listenTCP(0)`` and closing it again.
+
+    :param reactor: the reactor to use; the global one by default.
+    :return: a Deferred firing with the port number (1..65535) once the
+        listening socket is closed.
+    """
+    r = get_reactor(reactor)
+    listening = _listen(r, "127.0.0.1", 0)
+    number: int = listening.getHost().port  # type: ignore[attr-defined]
+    return _close(listening).addCallback(lambda _: number)
+
+
+__all__ = [
+    "Outcome",
+    "ProbeResult",
+    "can_bind",
+    "connect_once",
+    "find_available_local_port",
+    "probe",
+    "resolve",
+]

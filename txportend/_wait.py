@@ -1,0 +1,338 @@
+"""
+Waiting for a port to be occupied or free: the polling schedule, the
+overall timeout and cancellation; and the one-shot ``assert_free`` check.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Callable, Sequence
+from typing import Union
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
+
+from ._errors import HostNotFound, PortNotFree, Timeout
+from ._hostport import TimeoutType, check_host, check_port, timeout_seconds
+from ._probe import ProbeResult, probe
+from ._reactor import IPortendReactor, get_reactor
+
+#: What an ``interval`` may be: fixed seconds, a :class:`datetime.timedelta`,
+#: or a policy ``(attempt) -> seconds`` (attempt counts from 0), like the one
+#: :func:`twisted.application.internet.backoffPolicy` returns.
+IntervalType = Union[float, datetime.timedelta, Callable[[int], float]]
+
+#: Seconds each connection attempt may take while waiting, as in portend: a
+#: port being waited on to go free is expected to refuse quickly.
+OCCUPIED_PROBE_TIMEOUT = 0.5
+FREE_PROBE_TIMEOUT = 0.1
+
+
+def default_interval(attempt: int) -> float:
+    """
+    The default polling schedule: 1 ms after the first probe, then 4% longer
+    after each one, up to 100 ms.
+
+    The pause stays about 4% of the time already waited, so a change is seen
+    within a few milliseconds in the first fraction of a second, while a wait
+    that lasts minutes costs no more than portend's 10 probes a second.
+
+    :param attempt: how many pauses came before this one (0 for the first).
+    :return: seconds to pause before the next probe.
+
+    >>> default_interval(0)
+    0.001
+    >>> default_interval(10_000)
+    0.1
+    """
+    return min(0.001 * 1.04 ** min(attempt, 200), 0.1)
+
+
+def interval_policy(interval: IntervalType) -> Callable[[int], float]:
+    """
+    Turn an ``interval`` argument into a policy ``(attempt) -> seconds``.
+
+    :raises ValueError: for a negative or NaN fixed interval.
+    """
+    if callable(interval):
+        return interval
+    seconds = (
+        interval.total_seconds()
+        if isinstance(interval, datetime.timedelta)
+        else float(interval)
+    )
+    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
+        raise ValueError(f"interval must be a finite, non-negative number: {interval!r}")
+    return lambda attempt: seconds
+
+
+class _Wait:
+    """
+    Probes ``host:port`` until it is (or is not) accepting connections.
+
+    One probe is in flight at a time; the next is scheduled with ``callLater``
+    after the pause the policy gives. The overall deadline is one more
+    ``callLater``. At least one probe always completes, so ``timeout=0``
+    means "check once", as in portend: a probe still in flight when the
+    deadline passes decides, if no probe has completed before it.
+    """
+
+    def __init__(
+        self,
+        reactor: IPortendReactor,
+        host: str,
+        port: int,
+        *,
+        want_occupied: bool,
+        timeout: float,
+        policy: Callable[[int], float],
+        probe_timeout: float,
+    ) -> None:
+        self._reactor = reactor
+        self._host = host
+        self._port = port
+        self._want_occupied = want_occupied
+        self._timeout = timeout
+        self._policy = policy
+        self._probe_timeout = probe_timeout
+        self._pauses = 0
+        self._completed = 0
+        self._expired = False
+        self._done = False
+        self._unresolved = False
+        self._next: IDelayedCall | None = None
+        self._deadline: IDelayedCall | None = None
+        self._inflight: Deferred[ProbeResult] | None = None
+        self.result: Deferred[None] = Deferred(lambda d: self._stop())
+
+    def start(self) -> Deferred[None]:
+        if math.isfinite(self._timeout):
+            self._deadline = self._reactor.callLater(self._timeout, self._expire)
+        self._probe()
+        return self.result
+
+    def _timeout_error(self) -> Timeout:
+        if self._want_occupied:
+            message = f"Port {self._port} not bound on {self._host}."
+            if self._unresolved:
+                message += " The host name did not resolve."
+        else:
+            message = f"Port {self._port} not free on {self._host}."
+        return Timeout(message)
+
+    def _probe(self) -> None:
+        self._next = None
+        self._inflight = probe(
+            self._host, self._port, self._probe_timeout, reactor=self._reactor
+        )
+        self._inflight.addCallbacks(self._probed, self._probe_failed)
+
+    def _probed(self, result: ProbeResult) -> None:
+        if self._done:
+            return
+        self._unresolved = False
+        self._completed_one()
+        if result.accepted == self._want_occupied:
+            self._finish(None)
+        else:
+            self._again()
+
+    def _probe_failed(self, failure: Failure) -> None:
+        if self._done:
+            return
+        if failure.check(HostNotFound) and self._want_occupied:
+            # The name may appear later (a container starting, say).
+            self._unresolved = True
+            self._completed_one()
+            self._again()
+        else:
+            self._completed_one()
+            self._finish(failure)
+
+    def _completed_one(self) -> None:
+        self._inflight = None
+        self._completed += 1
+
+    def _again(self) -> None:
+        if self._expired:
+            self._finish(Failure(self._timeout_error()))
+            return
+        pause = self._policy(self._pauses)
+        self._pauses += 1
+        self._next = self._reactor.callLater(pause, self._probe)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self._expired = True
+        if self._inflight is not None and self._completed == 0:
+            return  # let the first probe decide
+        self._finish(Failure(self._timeout_error()))
+
+    def _stop(self) -> None:
+        self._done = True
+        for call in (self._next, self._deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._next = self._deadline = None
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.cancel()
+
+    def _finish(self, outcome: Failure | None) -> None:
+        self._stop()
+        if isinstance(outcome, Failure):
+            self.result.errback(outcome)
+        else:
+            self.result.callback(None)
+
+
+def _wait(
+    host: str,
+    port: int,
+    timeout: TimeoutType,
+    interval: IntervalType,
+    reactor: IPortendReactor | None,
+    *,
+    want_occupied: bool,
+) -> Deferred[None]:
+    check_host(host)
+    return _Wait(
+        get_reactor(reactor),
+        host,
+        check_port(port),
+        want_occupied=want_occupied,
+        timeout=timeout_seconds(timeout),
+        policy=interval_policy(interval),
+        probe_timeout=OCCUPIED_PROBE_TIMEOUT if want_occupied else FREE_PROBE_TIMEOUT,
+    ).start()
+
+
+def occupied(
+    host: str,
+    port: int,
+    timeout: TimeoutType = math.inf,
+    *,
+    interval: IntervalType = default_interval,
+    reactor: IPortendReactor | None = None,
+) -> Deferred[None]:
+    """
+    Wait until something accepts TCP connections on ``host:port``.
+
+    Every address the host resolves to (IPv4 and IPv6) is probed; the port
+    counts as occupied as soon as any of them accepts. A name that does not
+    resolve yet is retried until the timeout.
+
+    :param host: a host name or address; ``0.0.0.0`` and ``::`` are checked
+        on the matching loopback address.
+    :param port: the TCP port.
+    :param timeout: seconds or a :class:`datetime.timedelta`; ``None`` or
+        ``math.inf`` waits forever.
+    :param interval: the pause between probes, in seconds, or a policy
+        ``(attempt) -> seconds``; :func:`default_interval` by default.
+    :param reactor: the reactor to use; the global one by default.
+    :return: a Deferred that fires with ``None`` once the port is occupied,
+        or fails with :class:`~txportend.Timeout`
+        (``Port 8080 not bound on localhost.``). Cancelling it stops the wait
+        and leaves nothing behind.
+    :raises ValueError: for an empty host (portend's message), or a bad
+        port, timeout or interval.
+    """
+    return _wait(host, port, timeout, interval, reactor, want_occupied=True)
+
+
+def free(
+    host: str,
+    port: int,
+    timeout: TimeoutType = math.inf,
+    *,
+    interval: IntervalType = default_interval,
+    reactor: IPortendReactor | None = None,
+) -> Deferred[None]:
+    """
+    Wait until nothing accepts TCP connections on ``host:port``.
+
+    Free means no address the host resolves to accepts a connection (a
+    refused or unanswered connection both count as free, as in portend).
+
+    :param host: a host name or address; ``0.0.0.0`` and ``::`` are checked
+        on the matching loopback address.
+    :param port: the TCP port.
+    :param timeout: seconds or a :class:`datetime.timedelta`; ``None`` or
+        ``math.inf`` waits forever.
+    :param interval: the pause between probes, in seconds, or a policy
+        ``(attempt) -> seconds``; :func:`default_interval` by default.
+    :param reactor: the reactor to use; the global one by default.
+    :return: a Deferred that fires with ``None`` once the port is free, or
+        fails with :class:`~txportend.Timeout`
+        (``Port 8080 not free on localhost.``), or at once with
+        :class:`~txportend.HostNotFound` for a name that does not resolve.
+        Cancelling it stops the wait and leaves nothing behind.
+    :raises ValueError: for an empty host (portend's message), or a bad
+        port, timeout or interval.
+    """
+    return _wait(host, port, timeout, interval, reactor, want_occupied=False)
+
+
+def assert_free(
+    host: str | Sequence[object],
+    port: int | None = None,
+    timeout: float = 1.0,
+    *,
+    reactor: IPortendReactor | None = None,
+) -> Deferred[None]:
+    """
+    Check once that nothing accepts connections on ``host:port``.
+
+    :param host: a host name or address, or an address tuple such as
+        ``('::1', 8080, 0, 0)`` when ``port`` is ``None``.
+    :param port: the TCP port.
+    :param timeout: seconds each connection attempt may take; one that gets
+        no answer in time counts as free, as in portend.
+    :param reactor: the reactor to use; the global one by default.
+    :return: a Deferred that fires with ``None`` when the port is free, or
+        fails with :class:`~txportend.PortNotFree`
+        (``Port 8080 is in use on 127.0.0.1.``, naming the address that
+        accepted), or :class:`~txportend.HostNotFound`. It can be cancelled.
+    :raises ValueError: for an empty host (portend's message) or a bad port.
+    """
+    if port is None and isinstance(host, Sequence) and not isinstance(host, str):
+        host, port = host[:2]  # type: ignore[assignment]
+    check_host(host)
+    number = check_port(port)
+
+    def judge(result: ProbeResult) -> None:
+        address = result.first_accepting()
+        if address is not None:
+            raise PortNotFree(f"Port {number} is in use on {address}.")
+
+    return probe(str(host), number, timeout, reactor=reactor).addCallback(judge)
+
+
+class Checker:
+    """
+    portend's ``Checker``: holds the per-connection timeout for
+    :meth:`assert_free`.
+
+    :param timeout: seconds each connection attempt may take.
+    :param reactor: the reactor to use; the global one by default.
+    """
+
+    def __init__(
+        self, timeout: float = 1.0, reactor: IPortendReactor | None = None
+    ) -> None:
+        self.timeout = timeout
+        self.reactor = reactor
+
+    def assert_free(
+        self, host: str | Sequence[object], port: int | None = None
+    ) -> Deferred[None]:
+        """
+        Check once that nothing accepts connections on ``host:port``; see
+        :func:`txportend.assert_free`.
+
+        :return: a Deferred firing with ``None``, or failing with
+            :class:`~txportend.PortNotFree`.
+        """
+        return assert_free(host, port, self.timeout, reactor=self.reactor)
