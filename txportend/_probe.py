@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -178,8 +178,9 @@ class _ProbeFactory(ClientFactory):
         self._fire(Outcome.ACCEPTED)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        if reason.check(error.UserError):
+        if type(reason.value) is error.UserError:
             # stopConnecting() from our canceller: the Deferred is cancelled.
+            # (Exactly UserError: TimeoutError is a subclass of it.)
             return
         if reason.check(error.ConnectionRefusedError):
             self._fire(Outcome.REFUSED)
@@ -208,6 +209,14 @@ def connect_once(
     result: Deferred[Outcome] = Deferred(cancel)
     connector = reactor.connectTCP(address, port, _ProbeFactory(result), timeout)
     return result
+
+
+def _first_error(failure: Failure) -> Failure:
+    """Unwrap gatherResults' FirstError, so a cancelled probe fails with
+    CancelledError itself."""
+    failure.trap(FirstError)
+    sub: Failure = failure.value.subFailure
+    return sub
 
 
 def probe(
@@ -244,8 +253,9 @@ def probe(
     def connect_all(addresses: list[str]) -> Deferred[ProbeResult]:
         attempts = [connect_once(r, a, port, timeout) for a in addresses]
         gathered: Deferred[list[Outcome]] = gatherResults(attempts, consumeErrors=True)
-        return gathered.addCallback(
-            lambda outcomes: ProbeResult(mapped, port, dict(zip(addresses, outcomes)))
+        return gathered.addCallbacks(
+            lambda outcomes: ProbeResult(mapped, port, dict(zip(addresses, outcomes))),
+            _first_error,
         )
 
     return resolved.addCallback(connect_all)

@@ -1,0 +1,113 @@
+"""
+probe(), can_bind() and find_available_local_port() on a MemoryReactorClock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.defer import CancelledError
+from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
+from twisted.trial.unittest import SynchronousTestCase
+
+import txportend
+from txportend import Outcome
+
+from .fakes import accept, attempts, memory_reactor, refuse, time_out, unreachable
+
+_tc = SynchronousTestCase()
+success = _tc.successResultOf
+failure = _tc.failureResultOf
+
+
+def test_probe_reports_each_address() -> None:
+    reactor = memory_reactor({"multi": ["127.0.0.1", "::1", "127.0.0.2", "127.0.0.3"]})
+    d = txportend.probe("multi", 443, timeout=2.5, reactor=reactor)
+    assert [c[3] for c in reactor.tcpClients] == [2.5] * 4
+    accept(reactor, 0)
+    refuse(reactor, 1)
+    time_out(reactor, 2)
+    unreachable(reactor, 3)
+    result = success(d)
+    assert result.host == "multi"
+    assert result.port == 443
+    assert result.outcomes == {
+        "127.0.0.1": Outcome.ACCEPTED,
+        "::1": Outcome.REFUSED,
+        "127.0.0.2": Outcome.TIMED_OUT,
+        "127.0.0.3": Outcome.UNREACHABLE,
+    }
+    assert result.accepted
+    assert result.first_accepting() == "127.0.0.1"
+    assert reactor.getDelayedCalls() == []
+
+
+def test_probe_duplicate_addresses_are_probed_once() -> None:
+    reactor = memory_reactor({"dup": ["127.0.0.1", "127.0.0.1", "::1"]})
+    txportend.probe("dup", 1, reactor=reactor)
+    assert attempts(reactor) == [("127.0.0.1", 1), ("::1", 1)]
+
+
+def test_probe_of_an_address_literal_skips_the_resolver() -> None:
+    reactor = memory_reactor()
+    d = txportend.probe("::1", 22, reactor=reactor)
+    refuse(reactor)
+    result = success(d)
+    assert result.outcomes == {"::1": Outcome.REFUSED}
+    assert not result.accepted
+    assert result.first_accepting() is None
+    assert reactor.nameResolver.asked == []
+
+
+def test_probe_cancel_stops_every_attempt() -> None:
+    reactor = memory_reactor({"both": ["127.0.0.1", "::1"]})
+    d = txportend.probe("both", 22, reactor=reactor)
+    refuse(reactor, 0)
+    d.cancel()
+    failure(d, CancelledError)
+    assert reactor.connectors[1].stoppedConnecting
+    assert reactor.getDelayedCalls() == []
+
+
+def test_probe_unknown_name() -> None:
+    d = txportend.probe("nowhere.invalid", 22, reactor=memory_reactor({}))
+    failure(d, txportend.HostNotFound)
+
+
+def test_can_bind_binds_then_closes() -> None:
+    reactor = memory_reactor({"both": ["127.0.0.1", "::1"]})
+    assert success(txportend.can_bind("both", 8080, reactor=reactor)) is True
+    assert [(p, i) for p, _f, _b, i in reactor.tcpServers] == [
+        (8080, "127.0.0.1"),
+        (8080, "::1"),
+    ]
+
+
+def test_can_bind_a_bind_all_address_binds_it_as_is() -> None:
+    reactor = memory_reactor()
+    assert success(txportend.can_bind("0.0.0.0", 8080, reactor=reactor)) is True
+    assert reactor.tcpServers[0][3] == "0.0.0.0"
+
+
+def test_can_bind_false_when_listen_fails() -> None:
+    reactor: Any = RaisingMemoryReactor(
+        listenException=error.CannotListenError("127.0.0.1", 80, OSError("in use"))
+    )
+    reactor.nameResolver = memory_reactor().nameResolver
+    assert success(txportend.can_bind("127.0.0.1", 80, reactor=reactor)) is False
+
+
+def test_find_available_local_port_uses_listen_tcp_zero() -> None:
+    reactor = MemoryReactorClock()
+    d = txportend.find_available_local_port(reactor=reactor)
+    assert reactor.tcpServers[0][0] == 0
+    assert reactor.tcpServers[0][3] == "127.0.0.1"
+    assert isinstance(success(d), int)
+
+
+@pytest.mark.parametrize("host", [None, ""])
+def test_can_bind_refuses_empty_host(host: Any) -> None:
+    with pytest.raises(ValueError, match="Host values"):
+        txportend.can_bind(host, 80, reactor=memory_reactor())
