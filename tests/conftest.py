@@ -20,7 +20,13 @@ settings.load_profile("txportend")
 
 def leftovers(reactor: Any, calls: set[Any], selectables: set[Any]) -> list[Any]:
     """DelayedCalls and selectables the reactor holds now that it did not before."""
-    now_calls = [c for c in reactor.getDelayedCalls() if c not in calls]
+    now_calls = [
+        c
+        for c in reactor.getDelayedCalls()
+        if c not in calls
+        # pytest-twisted schedules its own fixture tear-down.
+        and not getattr(c.func, "__module__", "").startswith("pytest_twisted")
+    ]
     now_selectables = [
         s for s in set(reactor.getReaders()) | set(reactor.getWriters())
         if s not in selectables
