@@ -1,0 +1,444 @@
+"""
+The blocking, portend-compatible API: ``import txportend.blocking as portend``.
+
+Every name, signature, default, return value, exception and message of the
+``portend`` 3.2.1 module is here (:func:`occupied`, :func:`free`,
+:class:`Checker`, :func:`find_available_local_port`, :func:`client_host`,
+:class:`HostPort`, :class:`Timeout`, :class:`PortNotFree`), so code written
+against portend runs unchanged. :func:`occupied` and :func:`free` also take a
+keyword-only ``interval``, as the Deferred API does.
+
+The exceptions are txportend's own: ``txportend.blocking.Timeout is
+txportend.Timeout``, and so on.
+
+How it works
+------------
+There is one implementation of the logic: each call here runs the Deferred
+API (:func:`txportend.occupied`, :func:`txportend.free`,
+:func:`txportend.assert_free`, :func:`txportend.find_available_local_port`)
+on a *private reactor* and waits for its result.
+
+- **A private reactor, never the global one.** A blocking call can't use the
+  global reactor: in a plain script it isn't running, and starting it would
+  install it for good (reactors can't be restarted), taking away the
+  application's choice (``asyncioreactor.install()`` would then fail); and
+  from the reactor's own thread one can't wait on it at all. So this module
+  instantiates a reactor class directly (epoll on Linux, poll on other
+  POSIX systems, select elsewhere, as Twisted's default chooser does) and
+  never installs it as :mod:`twisted.internet.reactor`. Nothing here imports
+  the global reactor.
+- **One daemon thread for the life of the process, started lazily.** The
+  reactor runs in a single daemon thread, ``txportend.blocking``, created on
+  the first call (importing this module costs nothing) and reused by every
+  call from every thread. Creating a reactor and a thread per call would cost
+  milliseconds and file descriptors; a daemon thread never keeps the
+  interpreter from exiting, so nothing needs shutting down. The reactor runs
+  with ``installSignalHandlers=False`` (signal handlers belong to the main
+  thread and the application) and is not registered as Twisted's I/O thread.
+- **Calls go in through** ``callFromThread`` and the calling thread waits on
+  a lock that the reactor thread releases when the Deferred fires, the way
+  :func:`twisted.internet.threads.blockingCallFromThread` does, plus
+  cancellation: if the wait is interrupted (``KeyboardInterrupt`` in the main
+  thread), the Deferred is cancelled in the reactor thread, which stops the
+  wait and closes its sockets (best effort: the cancellation is queued behind
+  calls already waiting to run).
+- **Host names** (not address literals) are resolved by Twisted's default
+  resolver, ``getaddrinfo`` in the private reactor's thread pool, so a slow
+  lookup never blocks the loop. That pool's workers are daemon threads,
+  started on the first lookup and reused by the next ones; they quit once
+  no lookup has started for :data:`RESOLVER_IDLE_SECONDS`, so when the
+  module is idle the ``txportend.blocking`` thread is the only one left.
+- **fork():** the child forgets the parent's reactor and thread (which does
+  not exist in the child), closes the reactor's own descriptors it inherited,
+  and starts a fresh reactor lazily on its first call.
+
+Which threads may call
+----------------------
+Any thread: a plain script's main thread, many threads at once, a worker
+thread while the global reactor runs elsewhere, and even the thread running
+the global reactor, since the private reactor is separate. But a blocking
+call there blocks the global reactor, which serves nothing until the call
+returns: in Twisted code, use the Deferred API (:mod:`txportend`) instead.
+
+Calling from the private reactor's own thread (a callback run by it) would
+wait forever for a result only that thread can produce, so it raises
+:exc:`RuntimeError` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from . import _probe, _wait
+from ._errors import PortNotFree, Timeout
+from ._hostport import HostPort, TimeoutType, client_host
+from ._reactor import IPortendReactor
+from ._wait import IntervalType, default_interval
+
+if TYPE_CHECKING:
+    from twisted.internet.base import ReactorBase
+
+__all__ = [
+    "Checker",
+    "HostPort",
+    "PortNotFree",
+    "Timeout",
+    "client_host",
+    "find_available_local_port",
+    "free",
+    "occupied",
+]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
+
+#: The name of the thread that runs the private reactor.
+THREAD_NAME = "txportend.blocking"
+
+#: Seconds without a name lookup after which the resolver's worker threads
+#: quit.
+RESOLVER_IDLE_SECONDS = 1.0
+
+_SAME_THREAD = (
+    "txportend.blocking was called from the thread running its own private "
+    "reactor, where waiting for the result would deadlock; use the Deferred "
+    "API (txportend.occupied, txportend.free, txportend.assert_free, ...) "
+    "from reactor code instead."
+)
+
+
+class _DaemonThread(threading.Thread):
+    """A thread that never keeps the interpreter from exiting."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
+class _ResolverPool(ThreadPool):
+    """
+    The private reactor's thread pool, which Twisted's default resolver uses
+    to run ``getaddrinfo``. Its workers are daemon threads, started when a
+    host name needs resolving, and they all quit once no lookup has been
+    started for :data:`RESOLVER_IDLE_SECONDS`: a burst of calls reuses them,
+    and afterwards no thread lingers.
+
+    :param clock: the private reactor, which calls
+        :meth:`callInThreadWithCallback` (from its own thread) and runs the
+        idle timer.
+    """
+
+    threadFactory = _DaemonThread
+
+    def __init__(self, clock: IReactorTime) -> None:
+        super().__init__(0, 10, f"{THREAD_NAME} resolver")
+        self._clock = clock
+        self._retire: IDelayedCall | None = None
+
+    def callInThreadWithCallback(
+        self,
+        onResult: Callable[[bool, _R], object] | None,
+        func: Callable[_P, _R],
+        *args: _P.args,
+        **kw: _P.kwargs,
+    ) -> None:
+        super().callInThreadWithCallback(onResult, func, *args, **kw)
+        if self._retire is not None and self._retire.active():
+            self._retire.reset(RESOLVER_IDLE_SECONDS)
+        else:
+            self._retire = self._clock.callLater(
+                RESOLVER_IDLE_SECONDS, self._retire_workers
+            )
+
+    def _retire_workers(self) -> None:
+        self._retire = None
+        # A busy worker quits as soon as it is done.
+        for _ in range(self.workers):
+            self.stopAWorker()
+
+
+def _new_reactor() -> ReactorBase:
+    """
+    Instantiate (never install) the reactor class Twisted's default chooser
+    would pick for this platform.
+    """
+    reactor: ReactorBase
+    if sys.platform.startswith("linux"):
+        from twisted.internet.epollreactor import EPollReactor
+
+        reactor = EPollReactor()  # type: ignore[no-untyped-call]
+    elif os.name == "posix" and sys.platform != "darwin":
+        from twisted.internet.pollreactor import PollReactor
+
+        reactor = PollReactor()
+    else:
+        from twisted.internet.selectreactor import SelectReactor
+
+        reactor = SelectReactor()
+    # Don't claim twisted.python.threadable's "I/O thread" from the global
+    # reactor (Twisted does the same for the reactor win32eventreactor runs
+    # in a thread of its own).
+    reactor._registerAsIOThread = False
+    pool = _ResolverPool(cast(IReactorTime, reactor))
+    pool.start()
+    reactor.threadpool = pool
+    return reactor
+
+
+class _Loop:
+    """The private reactor and the daemon thread running it."""
+
+    def __init__(self) -> None:
+        reactor = _new_reactor()
+        self._base = reactor
+        self.reactor = cast(IPortendReactor, reactor)
+        self.call_from_thread = reactor.callFromThread
+        self.thread = threading.Thread(
+            target=reactor.run,
+            kwargs={"installSignalHandlers": False},
+            name=THREAD_NAME,
+            daemon=True,
+        )
+        self.thread.start()
+        self.ident = self.thread.ident
+
+    def close_inherited(self) -> None:
+        """
+        In a child after fork(): close the descriptors of the parent's
+        reactor (its waker and poller), which the child will never use.
+        Best effort: sockets of calls in flight at fork time are left open.
+        """
+        waker = getattr(self._base, "waker", None)
+        poller = getattr(self._base, "_poller", None)  # epoll's descriptor
+        closers: list[Callable[[], object]] = []
+        if waker is not None:
+            closers.append(partial(waker.connectionLost, None))
+        poller_close = getattr(poller, "close", None)
+        if callable(poller_close):
+            closers.append(poller_close)
+        for close in closers:
+            with contextlib.suppress(OSError):
+                close()
+
+
+_loop: _Loop | None = None
+_loop_lock = threading.Lock()
+
+
+def _get_loop() -> _Loop:
+    """Return the private reactor's loop, starting it on first use."""
+    global _loop
+    loop = _loop
+    if loop is None:
+        with _loop_lock:
+            if _loop is None:
+                _loop = _Loop()
+            loop = _loop
+    return loop
+
+
+def _forget_after_fork() -> None:
+    """In a child after fork(): start a fresh private reactor lazily."""
+    global _loop, _loop_lock
+    _loop_lock = threading.Lock()
+    loop, _loop = _loop, None
+    if loop is not None:
+        loop.close_inherited()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class _Pending:
+    """One blocking call: the Deferred, its outcome, and the lock to wait on."""
+
+    __slots__ = ("deferred", "done", "outcome")
+
+    def __init__(self) -> None:
+        self.deferred: Deferred[Any] | None = None
+        self.outcome: object = None
+        self.done = threading.Lock()
+        self.done.acquire()
+
+    def finish(self, outcome: object) -> None:
+        """Called in the reactor thread when the Deferred fires."""
+        self.outcome = outcome
+        self.done.release()
+        # Returning None consumes a Failure: it is re-raised in the caller.
+
+
+def _begin(
+    reactor: IPortendReactor,
+    pending: _Pending,
+    function: Callable[..., Deferred[Any]],
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+) -> None:
+    """Start ``function`` in the reactor thread."""
+    try:
+        deferred = function(*args, reactor=reactor, **kwargs)
+    except BaseException:
+        pending.finish(Failure())  # type: ignore[no-untyped-call]
+        return
+    pending.deferred = deferred
+    deferred.addBoth(pending.finish)
+
+
+def _cancel(pending: _Pending) -> None:
+    """Cancel an abandoned call, in the reactor thread."""
+    if pending.deferred is not None:
+        pending.deferred.cancel()
+
+
+def _call(function: Callable[..., Deferred[_T]], *args: object, **kwargs: object) -> _T:
+    """
+    Run ``function(*args, reactor=<private reactor>, **kwargs)`` in the
+    private reactor's thread, wait for its Deferred and return its result,
+    or raise its exception.
+
+    :raises RuntimeError: when called from the private reactor's thread.
+    """
+    loop = _get_loop()
+    if threading.get_ident() == loop.ident:
+        raise RuntimeError(_SAME_THREAD)
+    pending = _Pending()
+    try:
+        loop.call_from_thread(_begin, loop.reactor, pending, function, args, kwargs)
+        pending.done.acquire()
+    except BaseException:
+        # Interrupted (KeyboardInterrupt, say): stop the wait, leave nothing.
+        loop.call_from_thread(_cancel, pending)
+        raise
+    outcome = pending.outcome
+    if isinstance(outcome, Failure):
+        outcome.raiseException()
+    return cast(_T, outcome)
+
+
+class Checker:
+    """
+    portend's ``Checker``: holds the per-connection timeout for
+    :meth:`assert_free`.
+
+    :param timeout: seconds each connection attempt may take.
+    """
+
+    def __init__(self, timeout: float = 1.0) -> None:
+        self.timeout = timeout
+
+    def assert_free(self, host: str | Sequence[Any], port: int | None = None) -> None:
+        """
+        Assert that the given addr is free
+        in that all attempts to connect fail within the timeout
+        or raise a PortNotFree exception.
+
+        >>> free_port = find_available_local_port()
+
+        >>> Checker().assert_free('localhost', free_port)
+        >>> Checker().assert_free('127.0.0.1', free_port)
+        >>> Checker().assert_free('::1', free_port)
+
+        Also accepts an addr tuple
+
+        >>> addr = '::1', free_port, 0, 0
+        >>> Checker().assert_free(addr)
+
+        Host might refer to a server bind address like '::', which
+        should use localhost to perform the check.
+
+        >>> Checker().assert_free('::', free_port)
+
+        :param host: a host name or address, or an address tuple such as
+            ``('::1', 8080, 0, 0)`` when ``port`` is ``None``.
+        :param port: the TCP port.
+        :raises PortNotFree: ``Port 8080 is in use on 127.0.0.1.``, naming
+            the address that accepted.
+        :raises ValueError: for an empty host or a bad port.
+        """
+        _call(_wait.assert_free, host, port, self.timeout)
+
+
+def free(
+    host: str,
+    port: int,
+    timeout: TimeoutType = float("Inf"),
+    *,
+    interval: IntervalType = default_interval,
+) -> None:
+    """
+    Wait for the specified port to become free (dropping or rejecting
+    requests). Return when the port is free or raise a Timeout if timeout has
+    elapsed.
+
+    Timeout may be specified in seconds or as a timedelta.
+    If timeout is None or ∞, the routine will run indefinitely.
+
+    >>> free('localhost', find_available_local_port())
+
+    >>> free(None, None)
+    Traceback (most recent call last):
+    ...
+    ValueError: Host values of '' or None are not allowed.
+
+    :param interval: the pause between probes (keyword only); see
+        :func:`txportend.free`.
+    :raises Timeout: ``Port 8080 not free on localhost.``
+    :raises txportend.HostNotFound: (a :exc:`socket.gaierror`) for a name that
+        does not resolve.
+    """
+    _call(_wait.free, host, port, timeout, interval=interval)
+
+
+def occupied(
+    host: str,
+    port: int,
+    timeout: TimeoutType = float("Inf"),
+    *,
+    interval: IntervalType = default_interval,
+) -> None:
+    """
+    Wait for the specified port to become occupied (accepting requests).
+    Return when the port is occupied or raise a Timeout if timeout has
+    elapsed.
+
+    Timeout may be specified in seconds or as a timedelta.
+    If timeout is None or ∞, the routine will run indefinitely.
+
+    >>> occupied('localhost', find_available_local_port(), .1)
+    Traceback (most recent call last):
+    ...
+    Timeout: Port ... not bound on localhost.
+
+    >>> occupied(None, None)
+    Traceback (most recent call last):
+    ...
+    ValueError: Host values of '' or None are not allowed.
+
+    :param interval: the pause between probes (keyword only); see
+        :func:`txportend.occupied`.
+    :raises Timeout: ``Port 8080 not bound on localhost.``
+    """
+    _call(_wait.occupied, host, port, timeout, interval=interval)
+
+
+def find_available_local_port() -> int:
+    """
+    Find a free port on localhost.
+
+    >>> 0 < find_available_local_port() < 65536
+    True
+    """
+    return _call(_probe.find_available_local_port)
