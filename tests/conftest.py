@@ -28,7 +28,8 @@ def leftovers(reactor: Any, calls: set[Any], selectables: set[Any]) -> list[Any]
         and not getattr(c.func, "__module__", "").startswith("pytest_twisted")
     ]
     now_selectables = [
-        s for s in set(reactor.getReaders()) | set(reactor.getWriters())
+        s
+        for s in set(reactor.getReaders()) | set(reactor.getWriters())
         if s not in selectables
     ]
     return now_calls + now_selectables

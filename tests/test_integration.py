@@ -82,10 +82,14 @@ def _listen(reactor: Any, host: str, port: int = 0) -> Any:
 
 @loopback
 @pytest_twisted.ensureDeferred
-async def test_occupied_sees_a_server_that_starts_later(reactor: Any, host: str) -> None:
+async def test_occupied_sees_a_server_that_starts_later(
+    reactor: Any, host: str
+) -> None:
     port = await txportend.find_available_local_port(reactor=reactor)
     listening: list[Any] = []
-    starter = reactor.callLater(0.05, lambda: listening.append(_listen(reactor, host, port)))
+    starter = reactor.callLater(
+        0.05, lambda: listening.append(_listen(reactor, host, port))
+    )
     try:
         await txportend.occupied(host, port, timeout=10, reactor=reactor)
         assert listening, "occupied fired before the server listened"
@@ -119,7 +123,9 @@ async def test_free_sees_a_server_that_stops_later(reactor: Any, host: str) -> N
 
 @loopback
 @pytest_twisted.ensureDeferred
-async def test_assert_free_and_probe_on_a_listening_port(reactor: Any, host: str) -> None:
+async def test_assert_free_and_probe_on_a_listening_port(
+    reactor: Any, host: str
+) -> None:
     listening = _listen(reactor, host)
     port = listening.getHost().port
     try:
@@ -136,7 +142,9 @@ async def test_assert_free_and_probe_on_a_listening_port(reactor: Any, host: str
 
 
 @pytest_twisted.ensureDeferred
-async def test_occupied_times_out_on_a_closed_port(reactor: Any, unused_port: int) -> None:
+async def test_occupied_times_out_on_a_closed_port(
+    reactor: Any, unused_port: int
+) -> None:
     with pytest.raises(txportend.Timeout) as info:
         await txportend.occupied("127.0.0.1", unused_port, timeout=0.2, reactor=reactor)
     assert str(info.value) == f"Port {unused_port} not bound on 127.0.0.1."
@@ -161,7 +169,9 @@ async def test_unknown_name_fails_free_at_once(reactor: Any, unused_port: int) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_cancelled_wait_leaves_nothing_behind(reactor: Any, unused_port: int) -> None:
+async def test_cancelled_wait_leaves_nothing_behind(
+    reactor: Any, unused_port: int
+) -> None:
     """The reactor fixture fails the test if a timer or socket is left."""
     d = txportend.occupied("127.0.0.1", unused_port, timeout=30, reactor=reactor)
     await deferLater(reactor, 0.05, lambda: None)
@@ -171,7 +181,9 @@ async def test_cancelled_wait_leaves_nothing_behind(reactor: Any, unused_port: i
 
 
 @pytest_twisted.ensureDeferred
-async def test_cancel_right_away_leaves_nothing_behind(reactor: Any, unused_port: int) -> None:
+async def test_cancel_right_away_leaves_nothing_behind(
+    reactor: Any, unused_port: int
+) -> None:
     d = txportend.free("127.0.0.1", unused_port, timeout=30, reactor=reactor)
     d.cancel()
     with pytest.raises(CancelledError):
@@ -193,7 +205,9 @@ async def test_polling_a_listening_port_leaks_no_fd_nor_time_wait(reactor: Any) 
             if _fds() <= fds:
                 break
             await deferLater(reactor, 0.01, lambda: None)
-        assert _fds() == fds
+        # No growth (a resolver thread of an earlier test may still hold a
+        # file at the first count, so fewer is fine).
+        assert _fds() <= fds
         assert _time_wait_to(port) == 0
     finally:
         await listening.stopListening()

@@ -10,11 +10,10 @@ import datetime
 import math
 import urllib.parse
 from collections.abc import Sequence
-from typing import Union
 
 #: What a ``timeout`` may be: seconds, a :class:`datetime.timedelta`, or
 #: ``None``/``math.inf`` to wait forever.
-TimeoutType = Union[float, datetime.timedelta, None]
+TimeoutType = float | datetime.timedelta | None
 
 
 def client_host(server_host: str) -> str:
@@ -121,11 +120,12 @@ def check_port(port: object) -> int:
 
     :raises ValueError: when it is not a number in 0..65535.
     """
-    try:
-        number = int(port)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise ValueError(f"port must be a number in 0..65535, not {port!r}") from None
-    if not 0 <= number <= 65535:
+    number: int | None = None
+    if isinstance(port, int) and not isinstance(port, bool):
+        number = port
+    elif isinstance(port, str) and port.strip().isdigit():
+        number = int(port)
+    if number is None or not 0 <= number <= 65535:
         raise ValueError(f"port must be a number in 0..65535, not {port!r}")
     return number
 

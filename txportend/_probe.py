@@ -9,6 +9,7 @@ Everything goes through the reactor it is given (``connectTCP``,
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import socket
 import struct
@@ -26,7 +27,7 @@ from twisted.internet.interfaces import (
     IHostResolution,
     IResolutionReceiver,
 )
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -141,10 +142,7 @@ def resolve(reactor: IPortendReactor, host: str, port: int) -> Deferred[list[str
 class _ProbeProtocol(Protocol):
     """Closes the connection the moment it is made, with a reset."""
 
-    factory: _ProbeFactory
-
     def connectionMade(self) -> None:
-        self.factory.outcome = Outcome.ACCEPTED
         transport = self.transport
         assert transport is not None
         # Close with RST (SO_LINGER 0): no TIME_WAIT is left on our side, so
@@ -152,10 +150,8 @@ class _ProbeProtocol(Protocol):
         # ephemeral ports.
         handle = getattr(transport, "getHandle", lambda: None)()
         if isinstance(handle, socket.socket):
-            try:
+            with contextlib.suppress(OSError):  # a platform without SO_LINGER
                 handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            except OSError:  # pragma: no cover - platform without SO_LINGER
-                pass
         transport.abortConnection()  # type: ignore[attr-defined]
 
 
@@ -163,11 +159,12 @@ class _ProbeFactory(ClientFactory):
     """Fires ``result`` with the :class:`Outcome` of one connection attempt."""
 
     noisy = False
-    protocol = _ProbeProtocol
 
     def __init__(self, result: Deferred[Outcome]) -> None:
         self.result = result
-        self.outcome: Outcome | None = None
+
+    def buildProtocol(self, addr: IAddress | None) -> _ProbeProtocol:
+        return _ProbeProtocol()
 
     def _fire(self, outcome: Outcome) -> None:
         if not self.result.called:
@@ -182,9 +179,9 @@ class _ProbeFactory(ClientFactory):
             # stopConnecting() from our canceller: the Deferred is cancelled.
             # (Exactly UserError: TimeoutError is a subclass of it.)
             return
-        if reason.check(error.ConnectionRefusedError):
+        if isinstance(reason.value, error.ConnectionRefusedError):
             self._fire(Outcome.REFUSED)
-        elif reason.check(error.TimeoutError, error.TCPTimedOutError):
+        elif isinstance(reason.value, (error.TimeoutError, error.TCPTimedOutError)):
             self._fire(Outcome.TIMED_OUT)
         else:
             self._fire(Outcome.UNREACHABLE)
@@ -214,9 +211,10 @@ def connect_once(
 def _first_error(failure: Failure) -> Failure:
     """Unwrap gatherResults' FirstError, so a cancelled probe fails with
     CancelledError itself."""
-    failure.trap(FirstError)
-    sub: Failure = failure.value.subFailure
-    return sub
+    if isinstance(failure.value, FirstError):
+        sub: Failure = failure.value.subFailure
+        return sub
+    return failure
 
 
 def probe(
@@ -254,14 +252,16 @@ def probe(
         attempts = [connect_once(r, a, port, timeout) for a in addresses]
         gathered: Deferred[list[Outcome]] = gatherResults(attempts, consumeErrors=True)
         return gathered.addCallbacks(
-            lambda outcomes: ProbeResult(mapped, port, dict(zip(addresses, outcomes))),
+            lambda outcomes: ProbeResult(
+                mapped, port, dict(zip(addresses, outcomes, strict=True))
+            ),
             _first_error,
         )
 
     return resolved.addCallback(connect_all)
 
 
-class _NullFactory(Factory):
+class _NullFactory(ServerFactory):
     noisy = False
     protocol = Protocol
 

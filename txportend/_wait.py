@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Callable, Sequence
-from typing import Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -22,7 +21,7 @@ from ._reactor import IPortendReactor, get_reactor
 #: What an ``interval`` may be: fixed seconds, a :class:`datetime.timedelta`,
 #: or a policy ``(attempt) -> seconds`` (attempt counts from 0), like the one
 #: :func:`twisted.application.internet.backoffPolicy` returns.
-IntervalType = Union[float, datetime.timedelta, Callable[[int], float]]
+IntervalType = float | datetime.timedelta | Callable[[int], float]
 
 #: Seconds each connection attempt may take while waiting, as in portend: a
 #: port being waited on to go free is expected to refuse quickly.
@@ -64,7 +63,9 @@ def interval_policy(interval: IntervalType) -> Callable[[int], float]:
         else float(interval)
     )
     if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
-        raise ValueError(f"interval must be a finite, non-negative number: {interval!r}")
+        raise ValueError(
+            f"interval must be a finite, non-negative number: {interval!r}"
+        )
     return lambda attempt: seconds
 
 
@@ -142,7 +143,7 @@ class _Wait:
     def _probe_failed(self, failure: Failure) -> None:
         if self._done:
             return
-        if failure.check(HostNotFound) and self._want_occupied:
+        if isinstance(failure.value, HostNotFound) and self._want_occupied:
             # The name may appear later (a container starting, say).
             self._unresolved = True
             self._completed_one()
@@ -157,7 +158,7 @@ class _Wait:
 
     def _again(self) -> None:
         if self._expired:
-            self._finish(Failure(self._timeout_error()))
+            self._finish(self._timeout_error())
             return
         pause = self._policy(self._pauses)
         self._pauses += 1
@@ -168,7 +169,7 @@ class _Wait:
         self._expired = True
         if self._inflight is not None and self._completed == 0:
             return  # let the first probe decide
-        self._finish(Failure(self._timeout_error()))
+        self._finish(self._timeout_error())
 
     def _stop(self) -> None:
         self._done = True
@@ -180,12 +181,12 @@ class _Wait:
         if inflight is not None:
             inflight.cancel()
 
-    def _finish(self, outcome: Failure | None) -> None:
+    def _finish(self, error: BaseException | Failure | None) -> None:
         self._stop()
-        if isinstance(outcome, Failure):
-            self.result.errback(outcome)
-        else:
+        if error is None:
             self.result.callback(None)
+        else:
+            self.result.errback(error)
 
 
 def _wait(
