@@ -1,0 +1,481 @@
+"""
+``python -m benchmarks [--quick] [--only SCENARIO ...] [--json FILE]``
+
+Runs every scenario, each side (txportend, portend) in its own fresh
+process, and prints one table: the figure for each side, their ratio, the
+target and whether it is met. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import cli_startup
+from ._common import ChildResult, median, percentile, run_child
+
+SCENARIOS = ("single", "waits-1000", "waits-10000", "assert_free", "cli")
+ALIASES = {"1": "single", "2": "waits-1000", "3": "waits-10000", "4": "assert_free"}
+ALIASES["5"] = "cli"
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str
+    txportend: float | None
+    portend: float | None
+    unit: str
+    target: str
+    verdict: str  # PASS, FAIL, "n/a" or "-" (no target)
+    note: str = ""
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if unit == "ms":
+        return f"{value * 1e3:.1f} ms"
+    if unit == "us":
+        return f"{value * 1e6:.0f} us"
+    if unit == "s":
+        return f"{value:.3f} s"
+    if unit == "%":
+        return f"{value * 100:.0f} %"
+    if unit == "MiB":
+        return f"{value:.0f} MiB"
+    return f"{value:g}"
+
+
+def _sanitise(text: str) -> str:
+    """Keep this machine's paths out of the report."""
+    text = text.replace(sys.executable, "python").replace(sys.prefix, "<prefix>")
+    return text.replace(os.path.expanduser("~"), "~")
+
+
+def _absolute(value: float | None, limit: float) -> str:
+    if value is None or math.isnan(value):
+        return "FAIL"
+    return "PASS" if value <= limit else "FAIL"
+
+
+def _relative(tx: float | None, pd: float | None, limit: float) -> str:
+    if tx is None or pd is None or not pd:
+        return "n/a"
+    return "PASS" if tx / pd <= limit else "FAIL"
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _child(
+    module: str, function: str, params: dict[str, Any], timeout: float
+) -> ChildResult:
+    _progress(f"  {module}.{function} {json.dumps(params)}")
+    result = run_child(module, function, params, timeout)
+    if not result.ok:
+        result.error = _sanitise(result.error)
+        _progress(f"    -> not available: {result.error}")
+    return result
+
+
+# -- scenario 1 ---------------------------------------------------------------
+
+
+def scenario_single(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
+    trials = 10 if quick else 40
+    timeout = 30.0 + trials * 6
+    rows: list[Row] = []
+    for state in ("occupied", "free"):
+        params = {"state": state, "trials": trials, "seed": seed}
+        pd = _child("single_wait", "portend_side", params, timeout)
+        raw[f"single/portend/{state}"] = asdict(pd)
+        for api in ("deferred", "blocking"):
+            tx = _child("single_wait", f"{api}_side", params, timeout)
+            raw[f"single/{api}/{state}"] = asdict(tx)
+            rows += _single_rows(f"1 {api} {state}", tx, pd, trials)
+    return rows
+
+
+def _single_rows(name: str, tx: ChildResult, pd: ChildResult, trials: int) -> list[Row]:
+    def figures(r: ChildResult) -> tuple[float | None, float | None, float | None]:
+        if not r.ok or not r.data.get("latencies"):
+            return None, None, None
+        lat, cpu = r.data["latencies"], r.data["cpu"]
+        return median(lat), percentile(lat, 90), median(cpu)
+
+    t_med, t_p90, t_cpu = figures(tx)
+    p_med, p_p90, p_cpu = figures(pd)
+    if not tx.ok:
+        note = tx.error
+        return [
+            Row(name, "detection latency", None, p_med, "ms", "<= 5 ms", "n/a", note)
+        ]
+    errors = tx.data.get("errors", [])
+    note = f"{len(errors)}/{trials} trials failed: {errors[0]}" if errors else ""
+    failed = bool(errors)
+    return [
+        Row(
+            name,
+            "latency median",
+            t_med,
+            p_med,
+            "ms",
+            "<= 5 ms",
+            "FAIL" if failed else _absolute(t_med, 0.005),
+            note,
+        ),
+        Row(
+            name,
+            "latency p90",
+            t_p90,
+            p_p90,
+            "ms",
+            "<= 10 ms",
+            "FAIL" if failed else _absolute(t_p90, 0.010),
+        ),
+        Row(
+            name,
+            "CPU per wait",
+            t_cpu,
+            p_cpu,
+            "ms",
+            "<= 2x portend",
+            _relative(t_cpu, p_cpu, 2),
+        ),
+    ]
+
+
+# -- scenarios 2 and 3 --------------------------------------------------------
+
+
+def _nofile_for(n: int) -> tuple[int, str]:
+    """How many waits the hard RLIMIT_NOFILE allows, and a note if fewer."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= n + 512:
+        return n, ""
+    scaled = max(100, (hard - 512) // 100 * 100)
+    return scaled, f"SCALED DOWN to {scaled} waits: hard RLIMIT_NOFILE is {hard}"
+
+
+def _many(
+    label: str,
+    n: int,
+    trials: int,
+    detect_limit: float,
+    cpu_limit: float,
+    rss_limit: float | None,
+    with_portend: bool,
+    raw: dict[str, Any],
+) -> list[Row]:
+    n, scaled = _nofile_for(n)
+    params = {"n": n, "open_after": 2.0, "detect_bound": max(10.0, detect_limit * 5)}
+    timeout = 60.0 + n / 100
+    txs = [
+        _child("many_waits", "deferred_side", params, timeout) for _ in range(trials)
+    ]
+    raw[f"{label}/txportend"] = [asdict(r) for r in txs]
+    pds: list[ChildResult] = []
+    if with_portend:
+        pds = [_child("many_waits", "portend_side", params, timeout)]
+        raw[f"{label}/portend"] = [asdict(r) for r in pds]
+    name = f"{label} ({n} waits)"
+
+    def worst(
+        results: list[ChildResult],
+    ) -> tuple[float | None, float | None, float | None, int]:
+        ok = [r.data for r in results if r.ok]
+        if not ok:
+            return None, None, None, 0
+        lat = max((d["latencies"][-1] if d["latencies"] else math.inf) for d in ok)
+        cpu = median([d["idle_cpu"] for d in ok])
+        rss = max(d["peak_rss_mib"] for d in ok)
+        done = min(d["completed"] for d in ok)
+        return lat, cpu, rss, done
+
+    t_lat, t_cpu, t_rss, t_done = worst(txs)
+    p_lat, p_cpu, p_rss, p_done = worst(pds) if pds else (None, None, None, 0)
+    note = scaled or (txs[0].error if not txs[0].ok else "")
+    trials_note = f"worst of {trials}" if trials > 1 else ""
+    rows = [
+        Row(
+            name,
+            "completed",
+            t_done,
+            p_done if pds else None,
+            "",
+            f"{n}/{n}",
+            "PASS" if t_done == n else "FAIL",
+            note,
+        ),
+        Row(
+            name,
+            "max detection latency",
+            t_lat,
+            p_lat,
+            "ms" if detect_limit < 1 else "s",
+            f"<= {detect_limit * 1e3:.0f} ms"
+            if detect_limit < 1
+            else f"<= {detect_limit:g} s",
+            _absolute(t_lat, detect_limit),
+            trials_note,
+        ),
+        Row(
+            name,
+            "idle CPU (1 core)",
+            t_cpu,
+            p_cpu,
+            "%",
+            f"<= {cpu_limit * 100:.0f} %",
+            _absolute(t_cpu, cpu_limit),
+            f"median of {trials}" if trials > 1 else "",
+        ),
+        Row(
+            name,
+            "peak RSS",
+            t_rss,
+            p_rss,
+            "MiB",
+            f"<= {rss_limit:.0f} MiB" if rss_limit else "-",
+            _absolute(t_rss, rss_limit) if rss_limit else "-",
+        ),
+    ]
+    return rows
+
+
+def scenario_waits_1000(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
+    return _many("2", 1000, 1 if quick else 3, 0.100, 0.25, None, True, raw)
+
+
+def scenario_waits_10000(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
+    return _many("3", 10_000, 1 if quick else 2, 2.0, 0.50, 250.0, False, raw)
+
+
+# -- scenario 4 ---------------------------------------------------------------
+
+
+def scenario_assert_free(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
+    params = {
+        "calls": 500 if quick else 2000,
+        "batches": 3 if quick else 7,
+        "max_seconds": 3.0,
+    }
+    timeout = 120.0
+    pd = _child("checker_loop", "portend_side", params, timeout)
+    tx = _child("checker_loop", "blocking_side", params, timeout)
+    raw["assert_free/portend"] = asdict(pd)
+    raw["assert_free/blocking"] = asdict(tx)
+    name = "4 blocking Checker.assert_free"
+    p_call = median(pd.data["per_call"]) if pd.ok else None
+    p_cpu = median(pd.data["cpu_per_call"]) if pd.ok else None
+    if not tx.ok:
+        return [
+            Row(
+                name,
+                "time per call",
+                None,
+                p_call,
+                "us",
+                "<= 5x portend",
+                "n/a",
+                tx.error,
+            )
+        ]
+    t_call = median(tx.data["per_call"])
+    t_cpu = median(tx.data["cpu_per_call"])
+    return [
+        Row(
+            name,
+            "time per call",
+            t_call,
+            p_call,
+            "us",
+            "<= 5x portend",
+            _relative(t_call, p_call, 5),
+        ),
+        Row(name, "CPU per call", t_cpu, p_cpu, "us", "-", "-"),
+    ]
+
+
+# -- scenario 5 ---------------------------------------------------------------
+
+
+def scenario_cli(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
+    runs = 5 if quick else 15
+    _progress(f"  cli_startup.run runs={runs} (interleaved)")
+    data = cli_startup.run(runs)
+    for side in data.values():
+        if "unavailable" in side:
+            side["unavailable"] = _sanitise(side["unavailable"])
+    raw["cli"] = data
+    name = "5 CLI start-up (occupied, open port)"
+    pd, tx = data["portend"], data["txportend"]
+    p_wall = median(pd["wall"]) if "wall" in pd else None
+    p_cpu = median(pd["cpu"]) if "cpu" in pd else None
+    p_rss = median(pd["rss"]) if "rss" in pd else None
+    if "unavailable" in tx:
+        return [
+            Row(
+                name,
+                "wall time",
+                None,
+                p_wall,
+                "s",
+                "<= 1.2x portend",
+                "n/a",
+                tx["unavailable"],
+            )
+        ]
+    t_wall, t_cpu, t_rss = median(tx["wall"]), median(tx["cpu"]), median(tx["rss"])
+    return [
+        Row(
+            name,
+            "wall time",
+            t_wall,
+            p_wall,
+            "s",
+            "<= 1.2x portend",
+            _relative(t_wall, p_wall, 1.2),
+            f"median of {runs}",
+        ),
+        Row(name, "CPU", t_cpu, p_cpu, "s", "-", "-"),
+        Row(name, "peak RSS", t_rss, p_rss, "MiB", "-", "-"),
+    ]
+
+
+RUNNERS: dict[str, Callable[[bool, int, dict[str, Any]], list[Row]]] = {
+    "single": scenario_single,
+    "waits-1000": scenario_waits_1000,
+    "waits-10000": scenario_waits_10000,
+    "assert_free": scenario_assert_free,
+    "cli": scenario_cli,
+}
+
+
+# -- the table ----------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "system": f"{platform.system()} {platform.machine()}",
+    }
+    try:
+        import psutil
+
+        info["ram_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    for dist in ("twisted", "portend", "txportend"):
+        try:
+            from importlib.metadata import version
+
+            info[dist] = version(dist)
+        except Exception:
+            info[dist] = "?"
+    info["rlimit_nofile"] = list(resource.getrlimit(resource.RLIMIT_NOFILE))
+    return info
+
+
+def table(rows: list[Row]) -> str:
+    header = ["scenario", "metric", "txportend", "portend", "ratio", "target", "result"]
+    lines = [header]
+    notes: list[str] = []
+    for row in rows:
+        ratio = ""
+        if row.txportend is not None and row.portend:
+            ratio = f"{row.txportend / row.portend:.2f}"
+        result = row.verdict
+        if row.note:
+            notes.append(row.note)
+            result += f" [{len(notes)}]"
+        lines.append(
+            [
+                row.scenario,
+                row.metric,
+                _fmt(row.txportend, row.unit),
+                _fmt(row.portend, row.unit),
+                ratio,
+                row.target,
+                result,
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for i, line in enumerate(lines):
+        out.append(
+            "  ".join(
+                cell.ljust(w) for cell, w in zip(line, widths, strict=True)
+            ).rstrip()
+        )
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    out += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n\n")[1]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer trials: a smoke run"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[*SCENARIOS, *ALIASES],
+        metavar="SCENARIO",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)} or 1-5",
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write every figure to FILE"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=20240601, help="seed for the change delays"
+    )
+    args = parser.parse_args(argv)
+    chosen = [ALIASES.get(s, s) for s in (args.only or SCENARIOS)]
+    info = machine()
+    info["load_before"] = [round(x, 2) for x in os.getloadavg()]
+    raw: dict[str, Any] = {}
+    rows: list[Row] = []
+    started = time.monotonic()
+    for name in SCENARIOS:
+        if name in chosen:
+            _progress(f"scenario {name}")
+            rows += RUNNERS[name](args.quick, args.seed, raw)
+    info["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    info["seconds"] = round(time.monotonic() - started, 1)
+    print(
+        f"txportend {info['txportend']} vs portend {info['portend']}; "
+        f"Twisted {info['twisted']}, {info['implementation']} {info['python']}, "
+        f"{info['system']}, {info['cpus']} CPUs, {info.get('ram_gib', '?')} GiB RAM; "
+        f"load average {info['load_before'][0]} before, {info['load_after'][0]} after; "
+        f"{'quick' if args.quick else 'full'} run, {info['seconds']} s"
+    )
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"machine": info, "rows": [asdict(r) for r in rows], "raw": raw},
+                f,
+                indent=1,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
