@@ -1,0 +1,247 @@
+"""
+Build the sdist and the wheel, check what they hold, and try the wheel in a
+fresh virtual environment.
+
+    python .ci/check_packaging.py WORKDIR
+
+Run by ``tox -e packaging`` (which provides ``build`` and ``twine``). WORKDIR
+receives the built distributions (``WORKDIR/dist``) and the virtual
+environment (``WORKDIR/venv``). Every check prints one ``ok`` or ``FAIL``
+line; the exit code is 1 when any check failed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "txportend"
+#: The twistd plugin, once there is one: a module in twisted/plugins/, with no
+#: __init__.py (twisted.plugins is Twisted's own namespace).
+DROPIN = "twisted/plugins/txportend_dropin.py"
+#: The twistd subcommand the plugin provides.
+TAPNAME = "portend"
+#: What must never be in a distribution: Twisted's plugin cache (written into
+#: the working tree whenever plugins are looked up) and __init__.py files that
+#: would replace Twisted's own packages when installed.
+FORBIDDEN = ("twisted/__init__.py", "twisted/plugins/__init__.py")
+
+failures: list[str] = []
+
+
+def ok(message: str) -> None:
+    print(f"ok: {message}")
+
+
+def fail(message: str) -> None:
+    print(f"FAIL: {message}")
+    failures.append(message)
+
+
+def check(condition: bool, message: str, problem: str = "") -> None:
+    if condition:
+        ok(message)
+    else:
+        fail(f"{message}{': ' + problem if problem else ''}")
+
+
+def run(
+    command: Sequence[str | Path], **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, echoing it; its output is captured."""
+    words = [str(word) for word in command]
+    print("$", " ".join(words), flush=True)
+    return subprocess.run(words, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def show(done: subprocess.CompletedProcess[str]) -> None:
+    """Print a failed command's output, indented."""
+    for line in (done.stdout + done.stderr).splitlines()[-40:]:
+        print("    " + line)
+
+
+def version() -> str:
+    text = (ROOT / PACKAGE / "_version.py").read_text(encoding="utf-8")
+    found = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", text)
+    if found is None:
+        sys.exit(f"FAIL: no __version__ in {PACKAGE}/_version.py")
+    return found.group(1)
+
+
+def source_modules() -> set[str]:
+    """The package's modules in the source tree, as wheel paths."""
+    return {path.relative_to(ROOT).as_posix() for path in (ROOT / PACKAGE).glob("*.py")}
+
+
+def build(dist: Path) -> tuple[Path, Path] | None:
+    if dist.exists():
+        shutil.rmtree(dist)
+    done = run([sys.executable, "-m", "build", "--outdir", dist, ROOT])
+    if done.returncode != 0:
+        show(done)
+        fail("python -m build: the sdist and wheel did not build")
+        return None
+    sdists = sorted(dist.glob("*.tar.gz"))
+    wheels = sorted(dist.glob("*.whl"))
+    if len(sdists) != 1 or len(wheels) != 1:
+        found = [path.name for path in dist.iterdir()]
+        fail(f"expected one sdist and one wheel, got {found}")
+        return None
+    ok(f"built {sdists[0].name} and {wheels[0].name}")
+    return sdists[0], wheels[0]
+
+
+def check_names(
+    kind: str, names: set[str], expected_version: str, filename: str
+) -> None:
+    """What both distributions must and must not hold (paths package-relative)."""
+    check(
+        f"{PACKAGE}/py.typed" in names,
+        f"{kind} has {PACKAGE}/py.typed",
+        "missing: type checkers would ignore the package's annotations",
+    )
+    caches = sorted(n for n in names if n.rsplit("/", 1)[-1] == "dropin.cache")
+    check(not caches, f"{kind} has no dropin.cache", f"found {caches}")
+    for forbidden in FORBIDDEN:
+        check(
+            forbidden not in names,
+            f"{kind} has no {forbidden}",
+            "it would shadow Twisted's own package when installed",
+        )
+    if (ROOT / DROPIN).exists():
+        check(DROPIN in names, f"{kind} has the twistd plugin {DROPIN}", "missing")
+    missing = sorted(source_modules() - names)
+    check(not missing, f"{kind} has every module of {PACKAGE}/", f"missing {missing}")
+    check(
+        f"-{expected_version}" in filename,
+        f"{kind} is version {expected_version}",
+        f"named {filename}",
+    )
+
+
+def check_wheel(wheel: Path, expected_version: str) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    check_names("the wheel", names, expected_version, wheel.name)
+    stray = sorted(
+        n
+        for n in names
+        if not n.startswith((f"{PACKAGE}/", "twisted/plugins/", f"{PACKAGE}-"))
+    )
+    check(
+        not stray,
+        "the wheel installs nothing but the package and its plugin",
+        f"found {stray}",
+    )
+
+
+def check_sdist(sdist: Path, expected_version: str) -> None:
+    with tarfile.open(sdist) as archive:
+        # Drop the leading "<name>-<version>/".
+        names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    check_names("the sdist", names, expected_version, sdist.name)
+
+
+def twine_check(paths: Sequence[Path]) -> None:
+    done = run([sys.executable, "-m", "twine", "check", "--strict", *paths])
+    if done.returncode != 0:
+        show(done)
+    check(done.returncode == 0, "twine check --strict passes on both")
+
+
+def try_wheel(wheel: Path, venv: Path, expected_version: str) -> None:
+    """Install the wheel in a fresh virtual environment and run it there."""
+    if venv.exists():
+        shutil.rmtree(venv)
+    done = run([sys.executable, "-m", "venv", venv])
+    if done.returncode != 0:
+        show(done)
+        fail("could not create a virtual environment")
+        return
+    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    python = bin_dir / "python"
+    done = run([python, "-m", "pip", "install", "--quiet", wheel])
+    if done.returncode != 0:
+        show(done)
+        fail("pip install of the wheel failed")
+        return
+    ok("the wheel installs in a fresh virtual environment")
+
+    # Run outside the source tree, so that only the installed copy can be
+    # imported.
+    outside = {"cwd": venv, "env": {**os.environ, "PYTHONPATH": ""}}
+
+    where_is = f"import {PACKAGE}; print({PACKAGE}.__file__)"
+    done = run([python, "-c", where_is], **outside)
+    where = Path(done.stdout.strip() or ".").resolve()
+    check(
+        done.returncode == 0 and venv.resolve() in where.parents,
+        f"{PACKAGE} imports from the virtual environment",
+        (done.stderr.strip().splitlines() or [f"imported from {where}"])[-1],
+    )
+
+    for command, name in [
+        ([python, "-m", PACKAGE, "--help"], f"python -m {PACKAGE} --help"),
+        ([bin_dir / PACKAGE, "--help"], f"the console script: {PACKAGE} --help"),
+    ]:
+        try:
+            done = run(command, **outside)
+        except OSError as error:
+            fail(f"{name}: {error}")
+            continue
+        if done.returncode != 0:
+            show(done)
+        check(
+            done.returncode == 0 and "occupied" in done.stdout,
+            f"{name} exits 0 with the usage",
+            f"exit code {done.returncode}",
+        )
+
+    done = run([bin_dir / PACKAGE, "--version"], **outside)
+    check(
+        done.returncode == 0 and expected_version in done.stdout,
+        f"{PACKAGE} --version says {expected_version}",
+        f"exit code {done.returncode}, output {done.stdout.strip()!r}",
+    )
+
+    if (ROOT / DROPIN).exists():
+        done = run([bin_dir / "twistd", TAPNAME, "--help"], **outside)
+        if done.returncode != 0:
+            show(done)
+        check(done.returncode == 0, f"twistd {TAPNAME} --help exits 0 (plugin found)")
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    workdir = Path(argv[0]).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    expected_version = version()
+    built = build(workdir / "dist")
+    if built is not None:
+        sdist, wheel = built
+        check_wheel(wheel, expected_version)
+        check_sdist(sdist, expected_version)
+        twine_check([sdist, wheel])
+        try_wheel(wheel, workdir / "venv", expected_version)
+    print()
+    if failures:
+        print(f"{len(failures)} packaging check(s) failed:")
+        for message in failures:
+            print(f"  - {message}")
+        return 1
+    print("all packaging checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
