@@ -15,8 +15,12 @@ from twisted.internet.interfaces import (
 
 class IPortendReactor(IReactorTCP, IReactorTime, IReactorPluggableNameResolver):
     """
-    The reactor interfaces txportend uses: TCP connections and listening
-    ports, timed calls, and the pluggable name resolver.
+    The reactor interfaces txportend uses:
+    :class:`~twisted.internet.interfaces.IReactorTCP` (connections and
+    listening ports), :class:`~twisted.internet.interfaces.IReactorTime`
+    (timed calls) and
+    :class:`~twisted.internet.interfaces.IReactorPluggableNameResolver`
+    (name resolution without blocking).
 
     Every reactor that ships with Twisted provides them, and so does
     :class:`twisted.internet.testing.MemoryReactorClock`.
