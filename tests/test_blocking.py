@@ -388,14 +388,15 @@ def test_many_threads_at_once_each_get_their_own_results() -> None:
 
 
 def _txportend_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(blocking.THREAD_NAME)]
+    return [t for t in threading.enumerate() if blocking.THREAD_NAME in t.name]
 
 
 def _resolver_threads() -> list[threading.Thread]:
-    return [t for t in _txportend_threads() if "resolver" in t.name]
+    return [t for t in _txportend_threads() if t.name != blocking.THREAD_NAME]
 
 
 def test_one_daemon_thread_serves_every_call(closed_v4: int) -> None:
+    """Calls on address literals start no thread beyond the private reactor's."""
     blocking.Checker().assert_free("127.0.0.1", closed_v4)
     before = set(threading.enumerate())
     for _ in range(200):
@@ -404,7 +405,8 @@ def test_one_daemon_thread_serves_every_call(closed_v4: int) -> None:
     with pytest.raises(blocking.Timeout):
         blocking.occupied("127.0.0.1", closed_v4, 0.02)
     after = set(threading.enumerate())
-    assert after == before
+    # No new thread (a resolver thread left by an earlier test may have quit).
+    assert after <= before
     loops = [t for t in _txportend_threads() if t.name == blocking.THREAD_NAME]
     assert len(loops) == 1
     assert loops[0].daemon
@@ -415,18 +417,23 @@ def test_resolver_threads_are_daemons_and_quit_when_idle(
     closed_v4: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Host names are resolved in daemon threads that don't outlive the calls."""
-    monkeypatch.setattr(blocking, "RESOLVER_IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(blocking, "RESOLVER_IDLE_SECONDS", 0.3)
     for _ in range(20):
         blocking.Checker().assert_free("localhost", closed_v4)
     resolvers = _resolver_threads()
+    assert resolvers, "the lookups ran in no resolver thread"
     assert all(t.daemon for t in resolvers)
+    assert len(resolvers) <= 10
     deadline = time.monotonic() + 10
     while _resolver_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _resolver_threads() == []
     assert [t.name for t in _txportend_threads()] == [blocking.THREAD_NAME]
     # And they come back when needed.
-    blocking.Checker().assert_free("localhost", closed_v4)
+    assert outcome(lambda: blocking.Checker().assert_free("localhost", closed_v4)) == (
+        "returned",
+        "None",
+    )
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")

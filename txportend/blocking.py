@@ -36,17 +36,19 @@ on a *private reactor* and waits for its result.
   with ``installSignalHandlers=False`` (signal handlers belong to the main
   thread and the application) and is not registered as Twisted's I/O thread.
 - **Calls go in through** ``callFromThread`` and the calling thread waits on
-  a lock that the reactor thread releases when the Deferred fires, the way
-  :func:`twisted.internet.threads.blockingCallFromThread` does, plus
-  cancellation: if the wait is interrupted (``KeyboardInterrupt`` in the main
-  thread), the Deferred is cancelled in the reactor thread, which stops the
-  wait and closes its sockets (best effort: the cancellation is queued behind
-  calls already waiting to run).
+  a lock that the reactor thread releases when the Deferred fires, as
+  :func:`twisted.internet.threads.blockingCallFromThread` does with a queue.
+  That function isn't used as it is because it can't cancel: here, if the
+  wait is interrupted (``KeyboardInterrupt`` in the main thread), the
+  Deferred is cancelled in the reactor thread, which stops the wait and
+  closes its sockets. This is best effort: the cancellation runs after the
+  calls queued before it, and a name lookup already running in a resolver
+  thread finishes (its answer is dropped).
 - **Host names** (not address literals) are resolved by Twisted's default
   resolver, ``getaddrinfo`` in the private reactor's thread pool, so a slow
   lookup never blocks the loop. That pool's workers are daemon threads,
   started on the first lookup and reused by the next ones; they quit once
-  no lookup has started for :data:`RESOLVER_IDLE_SECONDS`, so when the
+  no lookup has started for ``RESOLVER_IDLE_SECONDS``, so when the
   module is idle the ``txportend.blocking`` thread is the only one left.
 - **fork():** the child forgets the parent's reactor and thread (which does
   not exist in the child), closes the reactor's own descriptors it inherited,
@@ -132,7 +134,7 @@ class _ResolverPool(ThreadPool):
     The private reactor's thread pool, which Twisted's default resolver uses
     to run ``getaddrinfo``. Its workers are daemon threads, started when a
     host name needs resolving, and they all quit once no lookup has been
-    started for :data:`RESOLVER_IDLE_SECONDS`: a burst of calls reuses them,
+    started for ``RESOLVER_IDLE_SECONDS``: a burst of calls reuses them,
     and afterwards no thread lingers.
 
     :param clock: the private reactor, which calls
@@ -324,7 +326,10 @@ def _call(function: Callable[..., Deferred[_T]], *args: object, **kwargs: object
         raise
     outcome = pending.outcome
     if isinstance(outcome, Failure):
-        outcome.raiseException()
+        error = outcome.value
+        assert error is not None
+        # With the reactor thread's frames, when the Failure still has them.
+        raise error.with_traceback(outcome.getTracebackObject())  # type: ignore[no-untyped-call]
     return cast(_T, outcome)
 
 
