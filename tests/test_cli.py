@@ -1,0 +1,808 @@
+"""
+The command line: exit codes and messages through a real ``python -m
+txportend`` subprocess, ``main()``'s SystemExit contract in-process, and the
+parallel waits on a memory reactor.
+
+Loopback only; servers are sockets bound to port 0. Every subprocess and
+every loop has a bound, and nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from txportend import cli
+
+from .fakes import accept, memory_reactor, refuse
+
+#: Seconds any one subprocess may take before the test fails.
+LIMIT = 60
+
+POSIX = os.name == "posix"
+needs_posix = pytest.mark.skipif(not POSIX, reason="POSIX signals and ptys")
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "txportend", *args]
+
+
+def txportend(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m txportend ARGS`` to completion."""
+    return subprocess.run(
+        command(*args),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+    )
+
+
+def one_error_line(stderr: str) -> str:
+    """The single line of an error report, checked to be just that."""
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert stderr.endswith("\n")
+    return lines[0]
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts connections."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(128)
+        yield server.getsockname()[1]
+
+
+@pytest.fixture
+def closed() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections (bound, not listening)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
+
+
+@pytest.fixture
+def listening6() -> Iterator[int]:
+    """A port on ::1 that accepts connections."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = socket.socket(socket.AF_INET6)
+        server.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with server:
+        server.listen(128)
+        yield server.getsockname()[1]
+
+
+class Running:
+    """A ``python -m txportend`` left running, killed (its session) at the end."""
+
+    def __init__(self, *args: str, **kwargs: Any) -> None:
+        options: dict[str, Any] = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.PIPE,
+        }
+        options.update(kwargs)
+        self.process = subprocess.Popen(
+            command(*args), start_new_session=True, **options
+        )
+
+    def readline(self) -> bytes:
+        """One line of its stdout, waiting at most LIMIT seconds for it."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        ready, _, _ = select.select([stdout], [], [], LIMIT)
+        assert ready, "no output in time"
+        return stdout.readline()
+
+    def finish(self) -> tuple[int, str, str]:
+        """Its exit code, stdout and stderr, once it has exited."""
+        stdout, stderr = self.process.communicate(timeout=LIMIT)
+        return (
+            self.process.returncode,
+            (stdout or b"").decode(),
+            (stderr or b"").decode(),
+        )
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=LIMIT)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def running() -> Iterator[type[Running]]:
+    made: list[Running] = []
+
+    class Tracked(Running):
+        def __init__(self, *args: str, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    yield Tracked
+    for one in made:
+        one.close()
+
+
+def probed(server: socket.socket) -> None:
+    """Wait (bounded) until a probe connects to ``server``; accept it."""
+    ready, _, _ = select.select([server], [], [], LIMIT)
+    assert ready, "never probed"
+    drain(server)
+
+
+def drain(server: socket.socket) -> None:
+    """Accept and close whatever connections are queued on ``server``."""
+    server.setblocking(False)
+    for _ in range(1000):
+        try:
+            connection, _ = server.accept()
+        except OSError:
+            return
+        connection.close()
+
+
+# -- waiting: exit 0 and 1, portend's messages ------------------------------
+
+
+def test_occupied_port_exits_0_silently(listening: int) -> None:
+    result = txportend(f"127.0.0.1:{listening}", "occupied")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_free_port_exits_0(closed: int) -> None:
+    result = txportend(f"127.0.0.1:{closed}", "free", "-t", "10")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_ipv6_target_in_brackets(listening6: int) -> None:
+    result = txportend(f"[::1]:{listening6}", "occupied", "-t", "10")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_timeout_waiting_for_occupied_prints_portends_message(closed: int) -> None:
+    """Exit 1 and ``Port N not bound on HOST.`` on stderr, as portend does."""
+    result = txportend(f"127.0.0.1:{closed}", "occupied", "-t", "0.3")
+    assert result.returncode == 1
+    assert result.stderr == f"Port {closed} not bound on 127.0.0.1.\n"
+    assert result.stdout == ""
+
+
+def test_timeout_waiting_for_free_prints_portends_message(listening: int) -> None:
+    result = txportend(f"127.0.0.1:{listening}", "free", "--timeout", "0.3")
+    assert result.returncode == 1
+    assert result.stderr == f"Port {listening} not free on 127.0.0.1.\n"
+
+
+def test_zero_timeout_checks_once(closed: int, listening: int) -> None:
+    assert txportend(f"127.0.0.1:{closed}", "occupied", "-t", "0").returncode == 1
+    assert txportend(f"127.0.0.1:{listening}", "occupied", "-t", "0").returncode == 0
+
+
+def test_human_durations_are_accepted(listening: int) -> None:
+    result = txportend(
+        f"127.0.0.1:{listening}", "occupied", "-t", "1m30s", "--interval", "250ms"
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    result = txportend(f"127.0.0.1:{listening}", "occupied", "-t", "2 minutes")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_options_may_come_before_the_targets(listening: int) -> None:
+    result = txportend("-t", "10", f"127.0.0.1:{listening}", "-q", "occupied")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_several_targets_succeed_when_all_reach_the_state(listening: int) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(8)
+        second = other.getsockname()[1]
+        result = txportend(
+            f"127.0.0.1:{listening}", f"127.0.0.1:{second}", "occupied", "-t", "10"
+        )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_timeout_names_every_target_still_waiting(listening: int, closed: int) -> None:
+    """One portend line per target that did not make it, in the order given."""
+    result = txportend(
+        f"127.0.0.1:{closed}",
+        f"127.0.0.1:{listening}",
+        f"0.0.0.0:{closed}",
+        "occupied",
+        "-t",
+        "0.3",
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"Port {closed} not bound on 127.0.0.1.",
+        f"Port {closed} not bound on 0.0.0.0.",
+    ]
+
+
+def test_quiet_timeout_says_nothing(closed: int) -> None:
+    result = txportend(f"127.0.0.1:{closed}", "occupied", "-t", "0.3", "-q")
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "")
+
+
+# -- --json -------------------------------------------------------------------
+
+
+def test_json_prints_one_object_per_target_in_order(
+    listening: int, closed: int
+) -> None:
+    result = txportend(
+        f"127.0.0.1:{listening}",
+        f"127.0.0.1:{closed}",
+        "occupied",
+        "-t",
+        "0.3",
+        "--json",
+    )
+    assert result.returncode == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["target"] for r in records] == [
+        f"127.0.0.1:{listening}",
+        f"127.0.0.1:{closed}",
+    ]
+    assert [r["state"] for r in records] == ["occupied", "timeout"]
+    assert all(isinstance(r["seconds"], float) and r["seconds"] >= 0 for r in records)
+    assert "message" not in records[0]
+    assert records[1]["message"] == f"Port {closed} not bound on 127.0.0.1."
+    # The timeout line still goes to stderr.
+    assert result.stderr == f"Port {closed} not bound on 127.0.0.1.\n"
+
+
+def test_json_reports_free(closed: int) -> None:
+    result = txportend(f"127.0.0.1:{closed}", "free", "--json", "-q")
+    assert (result.returncode, result.stderr) == (0, "")
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["state"] == "free"
+    assert set(record) == {"target", "state", "seconds"}
+
+
+# -- --find and --version --------------------------------------------------------
+
+
+def test_find_prints_a_free_local_port() -> None:
+    result = txportend("--find")
+    assert (result.returncode, result.stderr) == (0, "")
+    port = int(result.stdout)
+    assert 1 <= port <= 65535
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
+
+
+def test_version() -> None:
+    from txportend import __version__
+
+    result = txportend("--version")
+    assert (result.returncode, result.stdout) == (0, f"txportend {__version__}\n")
+
+
+# -- bad usage and input: exit 2, one line ---------------------------------------
+
+BAD = [
+    (["localhost", "occupied"], "'localhost': missing port"),
+    (["localhost:0", "occupied"], "'localhost:0': port must be a number in 1..65535"),
+    (["localhost:70000", "free"], "port must be a number in 1..65535"),
+    (["localhost:http", "occupied"], "'localhost:http': port must be a number"),
+    (["[::1]:x", "occupied"], "port must be a number"),
+    ([":80", "occupied"], "missing host"),
+    (["localhost:80", "bound"], "unknown state 'bound'"),
+    (["localhost:80"], "missing state"),
+    (["occupied"], "no targets"),
+    ([], "missing targets and state"),
+    (["localhost:80", "occupied", "-t", "soon"], "'soon' is not a duration"),
+    (["localhost:80", "occupied", "-t", "-5"], "must not be negative"),
+    (["localhost:80", "occupied", "-t"], "expected one argument"),
+    (["localhost:80", "occupied", "--interval", "later"], "not a duration"),
+    (["localhost:80", "occupied", "--interval", "inf"], "must be finite"),
+    (["localhost:80", "occupied", "--bogus"], "unrecognized arguments: --bogus"),
+    (["localhost:80", "occupied", "--"], "missing COMMAND after '--'"),
+    (["a:1", "occupied", "b:2", "occupied"], "must come last"),
+    (["--find", "localhost:80", "occupied"], "--find takes no targets"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD)
+def test_bad_input_exits_2_with_one_line(args: list[str], expected: str) -> None:
+    result = txportend(*args)
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert line.startswith("txportend: error: ")
+    assert expected in line
+    assert result.stdout == ""
+
+
+def test_missing_port_message_is_exact() -> None:
+    result = txportend("localhost", "occupied")
+    assert result.stderr == (
+        "txportend: error: 'localhost': missing port "
+        "(expected HOST:PORT or [IPv6]:PORT)\n"
+    )
+
+
+# -- main() in-process: portend's _main contract ---------------------------------
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD[:6])
+def test_main_raises_systemexit_2(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.main(args)
+    assert raised.value.code == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+
+
+def test_main_returns_none_after_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--version"]) is None
+    assert capsys.readouterr().out.startswith("txportend ")
+
+
+def test_main_returns_none_after_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) is None
+    out = capsys.readouterr().out
+    assert "occupied" in out
+    assert "exit codes" in out
+
+
+def test_main_reads_sys_argv(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["txportend", "nowhere", "free"])
+    with pytest.raises(SystemExit) as raised:
+        cli.main()
+    assert raised.value.code == 2
+    assert "'nowhere': missing port" in capsys.readouterr().err
+
+
+def test_unexpected_error_exits_3_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken() -> int:
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr(cli, "_find", broken)
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["--find"])
+    assert raised.value.code == 3
+    line = one_error_line(capsys.readouterr().err)
+    assert line == "txportend: error: unexpected error: RuntimeError: something broke"
+
+
+def test_keyboard_interrupt_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_find", interrupted)
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["--find"])
+    assert raised.value.code == 130
+    assert one_error_line(capsys.readouterr().err) == "txportend: interrupted"
+
+
+def test_plain_seconds_do_not_import_the_duration_parser() -> None:
+    """tempora is slow to import; ``-t 5`` does not need it."""
+    code = (
+        "import sys\n"
+        "from txportend import cli\n"
+        "cli.parse(['localhost:1', 'occupied', '-t', '5', '--interval', '0.5'])\n"
+        "print('tempora' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=LIMIT
+    )
+    assert result.stdout == "False\n", result.stderr
+
+
+def test_parse() -> None:
+    options = cli.parse(["[::1]:80", "db:5432", "free", "-t", "1m", "--json"])
+    assert options.targets == [("[::1]:80", "::1", 80), ("db:5432", "db", 5432)]
+    assert (options.want, options.timeout, options.interval) == ("free", 60.0, None)
+    assert (options.json, options.quiet, options.command) == (True, False, None)
+    options = cli.parse(["h:1", "occupied", "--", "app", "--flag", "--", "x"])
+    assert options.command == ["app", "--flag", "--", "x"]
+    assert options.timeout is None
+    assert cli.parse(["--find"]).find
+
+
+# -- -- COMMAND ------------------------------------------------------------------
+
+
+def test_command_runs_after_success_and_its_code_is_passed_on(
+    listening: int,
+) -> None:
+    result = txportend(
+        f"127.0.0.1:{listening}",
+        "occupied",
+        "--",
+        sys.executable,
+        "-c",
+        "print('ran'); raise SystemExit(7)",
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (7, "ran\n", "")
+
+
+def test_command_output_follows_the_json(listening: int) -> None:
+    result = txportend(
+        f"127.0.0.1:{listening}",
+        "occupied",
+        "--json",
+        "--",
+        sys.executable,
+        "-c",
+        "print('ran')",
+    )
+    assert result.returncode == 0
+    first, second = result.stdout.splitlines()
+    assert json.loads(first)["state"] == "occupied"
+    assert second == "ran"
+
+
+def test_command_not_found_exits_127(listening: int) -> None:
+    result = txportend(
+        f"127.0.0.1:{listening}", "occupied", "--", "txportend-no-such-command-here"
+    )
+    assert result.returncode == 127
+    assert one_error_line(result.stderr) == (
+        "txportend: error: txportend-no-such-command-here: command not found"
+    )
+
+
+@needs_posix
+def test_command_that_cannot_run_exits_126(listening: int, tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    result = txportend(f"127.0.0.1:{listening}", "occupied", "--", str(script))
+    assert result.returncode == 126
+    assert "cannot run" in one_error_line(result.stderr)
+
+
+def test_command_does_not_run_after_a_timeout(closed: int, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    result = txportend(
+        f"127.0.0.1:{closed}",
+        "occupied",
+        "-t",
+        "0.2",
+        "--",
+        sys.executable,
+        "-c",
+        f"open({str(marker)!r}, 'w').close()",
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"Port {closed} not bound on 127.0.0.1.\n"
+    assert not marker.exists()
+
+
+@needs_posix
+def test_command_killed_by_a_signal_exits_128_plus_it(listening: int) -> None:
+    result = txportend(
+        f"127.0.0.1:{listening}",
+        "occupied",
+        "--",
+        sys.executable,
+        "-c",
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+    )
+    assert result.returncode == 128 + signal.SIGKILL
+
+
+HANDLER = f"""\
+import signal, sys, time
+def handle(signum, frame):
+    print('got', signal.Signals(signum).name, flush=True)
+    sys.exit(42)
+signal.signal(signal.SIGTERM, handle)
+signal.signal(signal.SIGINT, handle)
+print('ready', flush=True)
+for _ in range({LIMIT} * 10):
+    time.sleep(0.1)
+sys.exit(5)
+"""
+
+
+@needs_posix
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
+def test_signals_are_forwarded_to_the_command(
+    listening: int, running: type[Running], sent: signal.Signals
+) -> None:
+    """
+    SIGTERM or SIGINT sent to txportend reaches the command (here with no
+    terminal, so a SIGINT did not come from one), and the command's exit
+    code comes back.
+    """
+    proc = running(
+        f"127.0.0.1:{listening}", "occupied", "--", sys.executable, "-c", HANDLER
+    )
+    assert proc.readline() == b"ready\n"
+    proc.process.send_signal(sent)
+    assert proc.readline() == f"got {sent.name}\n".encode()
+    code, _, stderr = proc.finish()
+    assert (code, stderr) == (42, "")
+
+
+# -- signals during the wait -------------------------------------------------------
+
+
+@needs_posix
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_wait_cancels_it(
+    running: type[Running], sent: signal.Signals
+) -> None:
+    """Exit 128 + N with one line; the command does not run."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(128)
+        port = server.getsockname()[1]
+        proc = running(
+            f"127.0.0.1:{port}",
+            "free",
+            "--json",
+            "--",
+            sys.executable,
+            "-c",
+            "print('ran')",
+        )
+        probed(server)  # the wait is under way
+        proc.process.send_signal(sent)
+        code, stdout, stderr = proc.finish()
+        drain(server)
+    assert code == 128 + sent
+    assert one_error_line(stderr) == (
+        f"txportend: interrupted by {sent.name} while waiting for 127.0.0.1:{port}"
+    )
+    (record,) = [json.loads(line) for line in stdout.splitlines()]
+    assert record["state"] == "interrupted"
+    assert "ran" not in stdout
+
+
+# -- the progress line -------------------------------------------------------------
+
+
+def read_all(fd: int) -> bytes:
+    """Read a pty master until the other side is closed (bounded)."""
+    chunks = []
+    deadline = time.monotonic() + LIMIT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            break
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: every slave end is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+@needs_posix
+def test_progress_line_on_a_terminal(closed: int, running: type[Running]) -> None:
+    """
+    On a terminal the progress line is drawn with ``\\r``, names the target
+    and is erased before the timeout message.
+    """
+    master, slave = os.openpty()
+    try:
+        proc = running(f"127.0.0.1:{closed}", "occupied", "-t", "1", stderr=slave)
+        os.close(slave)
+        slave = -1
+        output = read_all(master).decode()
+        code, _, _ = proc.finish()
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert code == 1
+    erase = "\r\x1b[K"
+    assert f"{erase}txportend: " in output
+    assert f"waiting until occupied: 127.0.0.1:{closed}" in output
+    # The last thing written is the erase, then portend's message.
+    assert output.rsplit(erase, 1)[1] == (f"Port {closed} not bound on 127.0.0.1.\r\n")
+
+
+@needs_posix
+def test_quiet_means_no_progress_line_on_a_terminal(
+    closed: int, running: type[Running]
+) -> None:
+    master, slave = os.openpty()
+    try:
+        proc = running(f"127.0.0.1:{closed}", "occupied", "-t", "1", "-q", stderr=slave)
+        os.close(slave)
+        slave = -1
+        output = read_all(master)
+        code, _, _ = proc.finish()
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert (code, output) == (1, b"")
+
+
+def test_no_progress_line_when_stderr_is_not_a_terminal(closed: int) -> None:
+    """Long enough for several redraws, yet only portend's line arrives."""
+    result = txportend(f"127.0.0.1:{closed}", "occupied", "-t", "1")
+    assert result.returncode == 1
+    assert result.stderr == f"Port {closed} not bound on 127.0.0.1.\n"
+
+
+# -- the parallel waits, on a memory reactor ----------------------------------------
+
+
+def waits(
+    args: list[str], reactor: Any = None, progress: Any = None
+) -> tuple[Any, cli._Waits]:
+    reactor = reactor if reactor is not None else memory_reactor()
+    return reactor, cli._Waits(reactor, cli.parse(args), progress)
+
+
+def test_waits_succeed_once_every_target_is_there() -> None:
+    reactor, w = waits(["127.0.0.1:1", "localhost:2", "occupied"])
+    w.start()
+    assert len(reactor.tcpClients) == 2
+    accept(reactor, 0)
+    assert not w.result.called
+    reactor.advance(0.5)
+    accept(reactor, 1)
+    assert w.result.called
+    assert w.exit_code() == 0
+    assert [(o.state, o.seconds) for o in w.outcomes] == [
+        ("occupied", 0.0),
+        ("occupied", 0.5),
+    ]
+    assert reactor.getDelayedCalls() == []
+
+
+def test_interrupt_cancels_every_wait_and_leaves_nothing_behind() -> None:
+    reactor, w = waits(["127.0.0.1:1", "127.0.0.1:2", "occupied", "-t", "30"])
+    w.start()
+    refuse(reactor, 0)
+    w.interrupt(signal.SIGINT)
+    assert w.result.called
+    assert [o.state for o in w.outcomes] == ["interrupted", "interrupted"]
+    assert w.exit_code() == 130
+    assert reactor.getDelayedCalls() == []
+    assert all(c.stoppedConnecting for c in reactor.connectors[1:])
+
+
+def test_interrupt_before_the_start() -> None:
+    _, w = waits(["127.0.0.1:1", "occupied"])
+    w.interrupt(signal.SIGTERM)
+    assert w.result.called
+    assert w.exit_code() == 128 + signal.SIGTERM
+
+
+def test_interrupt_after_the_end_changes_nothing() -> None:
+    reactor, w = waits(["127.0.0.1:1", "occupied"])
+    w.start()
+    accept(reactor)
+    w.interrupt(signal.SIGINT)
+    assert w.exit_code() == 0
+
+
+def test_a_host_that_does_not_resolve_fails_free_at_once_with_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The other waits are stopped: all of them can no longer succeed."""
+    options = cli.parse(["nowhere.test:1", "127.0.0.1:2", "free", "--json"])
+    reactor = memory_reactor({})
+    w = cli._Waits(reactor, options)
+    w.start()
+    assert w.result.called
+    assert [o.state for o in w.outcomes] == ["error", "interrupted"]
+    assert reactor.getDelayedCalls() == []
+    assert w.report(options) == 1
+    out, err = capsys.readouterr()
+    assert one_error_line(err) == (
+        "txportend: error: nowhere.test:1: Host 'nowhere.test' did not resolve."
+    )
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["state"] == "error"
+    assert first["message"] == "Host 'nowhere.test' did not resolve."
+    assert second["state"] == "interrupted"
+
+
+def test_timeouts_settle_every_target() -> None:
+    reactor, w = waits(["127.0.0.1:1", "127.0.0.1:2", "occupied", "-t", "2"])
+    w.start()
+    refuse(reactor, 0)
+    accept(reactor, 1)
+    refused = 2
+    for _ in range(1000):
+        if w.result.called:
+            break
+        reactor.advance(0.05)
+        if len(reactor.tcpClients) > refused:  # target 1 probed again
+            refuse(reactor)
+            refused += 1
+    assert w.result.called
+    assert [o.state for o in w.outcomes] == ["timeout", "occupied"]
+    assert w.outcomes[0].message == "Port 1 not bound on 127.0.0.1."
+    assert w.outcomes[0].seconds >= 2
+    assert w.exit_code() == 1
+    assert reactor.getDelayedCalls() == []
+
+
+def test_interval_is_passed_to_the_core() -> None:
+    reactor, w = waits(["127.0.0.1:1", "occupied", "--interval", "2"])
+    w.start()
+    refuse(reactor)
+    assert [c.getTime() for c in reactor.getDelayedCalls()] == [2.0]
+    w.interrupt(signal.SIGINT)
+
+
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise OSError("not a real terminal")
+
+
+def test_progress_line_is_redrawn_and_erased() -> None:
+    stream = Terminal()
+    reactor, w = waits(
+        ["127.0.0.1:1", "127.0.0.1:2", "occupied", "-t", "30"], progress=stream
+    )
+    w.start()
+    accept(reactor, 1)
+    reactor.advance(cli.PROGRESS_INTERVAL)
+    assert stream.getvalue() == (
+        "\r\x1b[Ktxportend: 0.2s/30s, waiting until occupied: 127.0.0.1:1"
+    )
+    reactor.advance(1.0)
+    accept(reactor, 0)
+    assert w.result.called
+    assert stream.getvalue().endswith("waiting until occupied: 127.0.0.1:1\r\x1b[K")
+    assert reactor.getDelayedCalls() == []
+
+
+def test_no_progress_line_for_a_quick_wait() -> None:
+    stream = Terminal()
+    reactor, w = waits(["127.0.0.1:1", "occupied"], progress=stream)
+    w.start()
+    accept(reactor)
+    reactor.advance(1)
+    assert stream.getvalue() == ""
+
+
+def test_progress_line_fits_the_terminal() -> None:
+    _, w = waits(["127.0.0.1:1", "127.0.0.1:2", "occupied"], progress=Terminal())
+    w.start()
+    progress = w._progress
+    assert progress is not None
+    assert progress.line(200) == (
+        "txportend: 0.0s, waiting until occupied: 127.0.0.1:1, 127.0.0.1:2"
+    )
+    assert progress.line(30) == "txportend: 0.0s, waiting u..."
+    assert len(progress.line(30)) < 30
+    w.interrupt(signal.SIGINT)

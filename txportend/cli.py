@@ -1,0 +1,784 @@
+"""
+The ``txportend`` command line, portend-compatible::
+
+    txportend [options] HOST:PORT [HOST:PORT ...] occupied|free [-- COMMAND ...]
+    txportend --find
+
+Every target is waited on in parallel through the Deferred core
+(:func:`txportend.occupied` / :func:`txportend.free`) on the global reactor,
+run by :func:`twisted.internet.task.react`. Once all of them have reached the
+state, txportend exits 0, or runs ``COMMAND`` and exits with its code.
+
+Exit codes:
+
+* 0: every target reached the state (or ``--find``, ``--help``,
+  ``--version``).
+* 1: a target did not reach the state before the timeout (one portend-style
+  line per target still waiting, such as ``Port 8080 not bound on
+  localhost.``), or a target failed for good: ``free`` on a host name that
+  does not resolve (``occupied`` retries such a name until the timeout).
+* 2: bad usage or input (missing or bad port, unknown state, bad duration, no
+  targets), with one line ``txportend: error: ...``.
+* 3: an unexpected error, with one line ``txportend: error: unexpected ...``.
+* 128 + N: the wait was stopped by signal N (130 for Ctrl-C, 143 for
+  SIGTERM); the waits are cancelled.
+* With ``-- COMMAND``: the command's own exit code; 127 when it cannot be
+  found, 126 when it cannot be run; 128 + N when signal N killed it.
+  SIGTERM and SIGINT that txportend receives while the command runs are
+  passed on to it, except a SIGINT that the terminal sent to the whole
+  foreground process group, which the command has already received.
+
+``--json`` writes to standard output one JSON object per line, one line per
+target in command-line order, once every wait has settled::
+
+    {"target": "db:5432", "state": "occupied", "seconds": 0.004}
+    {"target": "[::1]:6379", "state": "timeout", "seconds": 30.0,
+     "message": "Port 6379 not bound on ::1."}
+
+``state`` is the state waited for (``occupied`` or ``free``) when the target
+reached it, ``timeout`` when it did not in time, ``error`` when its wait
+failed for good, or ``interrupted`` when the wait was stopped before it was
+decided (a signal, or another target's error). ``seconds`` is how long that
+target was waited on, in seconds rounded to the millisecond; ``message`` is
+there for ``timeout`` and ``error`` only.
+
+``-q/--quiet`` silences what a wait normally says: the progress line, the
+timeout lines and the line about an interrupted wait. Usage errors, errors
+and a command that cannot be run are still reported; ``--json`` and
+``--find`` still print their output; the exit code says what happened.
+
+When standard error is a terminal (and not ``--quiet``), a progress line there
+says which targets are still waited on and for how long; it is redrawn four
+times a second and erased at the end.
+
+Start-up time matters (this runs before services start), so this module
+imports Twisted, :mod:`json`, :mod:`signal` and :mod:`subprocess` only on the
+paths that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn, TextIO
+
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorCore
+    from twisted.internet.task import LoopingCall
+    from twisted.python.failure import Failure
+
+    from ._reactor import IPortendReactor
+
+PROG = "txportend"
+
+#: The exit codes, as documented above.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+EXIT_CANNOT_RUN = 126
+EXIT_NOT_FOUND = 127
+
+STATES = ("occupied", "free")
+
+#: Seconds between redraws of the progress line.
+PROGRESS_INTERVAL = 0.25
+
+_ERASE_LINE = "\r\x1b[K"
+
+_USAGE = (
+    "%(prog)s [options] HOST:PORT [HOST:PORT ...] {occupied,free} "
+    "[-- COMMAND [ARG ...]]\n       %(prog)s --find"
+)
+
+_DESCRIPTION = (
+    "Wait until every HOST:PORT (or [IPv6]:PORT) is occupied (something "
+    "accepts TCP connections) or free (nothing does), in parallel; then exit "
+    "0, or run COMMAND and exit with its code."
+)
+
+_EPILOG = """\
+durations: plain seconds (30, 2.5, inf) or human forms (1m30s, 250ms,
+  '2 minutes').
+exit codes: 0 success; 1 timeout (one line per target still waiting) or a
+  host that does not resolve for 'free'; 2 bad usage or input; 3 unexpected
+  error; 128+N stopped by signal N (130: Ctrl-C). With COMMAND: its exit code,
+  127 if it cannot be found, 126 if it cannot be run.
+--json: one object per line and target on stdout, in command-line order:
+  {"target": "HOST:PORT", "state": "occupied"|"free"|"timeout"|"error"|
+  "interrupted", "seconds": N[, "message": "..."]}
+"""
+
+
+class _UsageError(Exception):
+    """Bad usage or input: one line on stderr, exit 2."""
+
+
+class _Exit(Exception):
+    """argparse is done (``--help``, ``--version``): exit with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise _Exit(status)
+
+
+def _seconds(text: str) -> float:
+    """
+    Parse a duration; plain numbers skip the (slower to import) human-form
+    parser.
+    """
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if seconds >= 0:
+        return seconds
+    from ._hostport import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _interval(text: str) -> float:
+    seconds = _seconds(text)
+    if math.isinf(seconds):
+        raise argparse.ArgumentTypeError(f"{text!r}: the interval must be finite")
+    return seconds
+
+
+class _Options:
+    """What the command line asks for."""
+
+    def __init__(
+        self,
+        *,
+        find: bool = False,
+        targets: Sequence[tuple[str, str, int]] = (),
+        want: str = "occupied",
+        timeout: float | None = None,
+        interval: float | None = None,
+        json: bool = False,
+        quiet: bool = False,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        self.find = find
+        #: (text as given, host, port) for each target.
+        self.targets = list(targets)
+        self.want = want
+        self.timeout = timeout
+        self.interval = interval
+        self.json = json
+        self.quiet = quiet
+        self.command = None if command is None else list(command)
+
+
+def _parser() -> _Parser:
+    from ._version import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        usage=_USAGE,
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "words",
+        nargs="*",
+        metavar="HOST:PORT ... STATE",
+        help="the targets, then the state to wait for: occupied or free",
+    )
+    parser.add_argument(
+        "-t",
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="DURATION",
+        help="give up after this long (default: wait forever)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_interval,
+        default=None,
+        metavar="DURATION",
+        help="pause between probes (default: from 1ms growing to 100ms)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per target on stdout",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress line, timeout or interruption messages",
+    )
+    parser.add_argument(
+        "--find",
+        action="store_true",
+        help="print a free TCP port on 127.0.0.1 and exit",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def parse(argv: Sequence[str]) -> _Options:
+    """
+    Parse a command line (without the program name).
+
+    :raises _UsageError: with a one-line message for bad usage or input.
+    :raises _Exit: after ``--help`` or ``--version`` printed their output.
+    """
+    argv = list(argv)
+    command: list[str] | None = None
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
+        if not command:
+            raise _UsageError("missing COMMAND after '--'")
+    args = _parser().parse_intermixed_args(argv)
+    words: list[str] = args.words
+    if args.find:
+        if words or command is not None:
+            raise _UsageError("--find takes no targets, state or command")
+        return _Options(find=True)
+    if not words:
+        raise _UsageError(
+            "missing targets and state (expected HOST:PORT [HOST:PORT ...] "
+            "occupied|free)"
+        )
+    *names, want = words
+    if want not in STATES:
+        if ":" in want:
+            raise _UsageError(
+                "missing state after the targets (expected 'occupied' or 'free')"
+            )
+        raise _UsageError(f"unknown state {want!r} (expected 'occupied' or 'free')")
+    if not names:
+        raise _UsageError(f"no targets before {want!r} (expected HOST:PORT)")
+    from ._hostport import parse_target
+
+    targets = []
+    for name in names:
+        if name in STATES:
+            raise _UsageError(f"the state {name!r} must come last, after the targets")
+        try:
+            target = parse_target(name)
+        except ValueError as error:
+            raise _UsageError(str(error)) from None
+        host, port = target.host, target.port
+        assert host is not None and port is not None
+        targets.append((str(target), host, port))
+    return _Options(
+        targets=targets,
+        want=want,
+        timeout=args.timeout,
+        interval=args.interval,
+        json=args.json,
+        quiet=args.quiet,
+        command=command,
+    )
+
+
+class _Outcome:
+    """How the wait for one target ended (``state`` is ``waiting`` before)."""
+
+    __slots__ = ("code", "message", "seconds", "state", "target")
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.state = "waiting"
+        self.seconds = 0.0
+        self.message: str | None = None
+        self.code = EXIT_OK
+
+    def as_json(self) -> dict[str, object]:
+        record: dict[str, object] = {
+            "target": self.target,
+            "state": self.state,
+            "seconds": round(self.seconds, 3),
+        }
+        if self.message is not None:
+            record["message"] = self.message
+        return record
+
+
+class _Progress:
+    """
+    The live progress line on a terminal, redrawn by a LoopingCall and erased
+    by :meth:`stop`. Nothing is drawn for a wait shorter than one interval.
+    """
+
+    def __init__(self, waits: _Waits, reactor: IPortendReactor, stream: TextIO) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self._waits = waits
+        self._stream = stream
+        self._drawn = False
+        self._loop: LoopingCall = LoopingCall(self.draw)
+        self._loop.clock = reactor
+
+    def start(self) -> None:
+        self._loop.start(PROGRESS_INTERVAL, now=False)
+
+    def line(self, width: int) -> str:
+        """The progress line, cut to fit in ``width`` columns."""
+        elapsed = self._waits.elapsed()
+        limit = self._waits.timeout
+        total = "" if limit is None or math.isinf(limit) else f"/{limit:g}s"
+        text = (
+            f"{PROG}: {elapsed:.1f}s{total}, waiting until {self._waits.want}: "
+            + ", ".join(self._waits.waiting())
+        )
+        if len(text) >= width:
+            text = text[: max(width - 4, 0)] + "..."
+        return text
+
+    def draw(self) -> None:
+        try:
+            width = os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            width = 0
+        if width <= 0:  # unknown (a new pty says 0)
+            width = 80
+        self._stream.write(_ERASE_LINE + self.line(width))
+        self._stream.flush()
+        self._drawn = True
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        if self._drawn:
+            self._stream.write(_ERASE_LINE)
+            self._stream.flush()
+            self._drawn = False
+
+
+class _Waits:
+    """
+    Waits for every target in parallel on one reactor.
+
+    :attr:`result` fires with ``None`` (it never fails) once every wait has
+    settled; :meth:`exit_code` and :attr:`outcomes` say how.
+    """
+
+    def __init__(
+        self,
+        reactor: IPortendReactor,
+        options: _Options,
+        progress: TextIO | None = None,
+    ) -> None:
+        from twisted.internet.defer import Deferred
+
+        self._reactor = reactor
+        self._targets = options.targets
+        self.want = options.want
+        self.timeout = options.timeout
+        self._interval = options.interval
+        self.outcomes = [_Outcome(text) for text, _, _ in options.targets]
+        self.signal: int | None = None
+        self.result: Deferred[None] = Deferred()
+        self._pending: dict[int, Deferred[None]] = {}
+        self._started: float | None = None
+        self._starting = False
+        self._aborted = False
+        self._progress = (
+            None if progress is None else _Progress(self, reactor, progress)
+        )
+
+    def elapsed(self) -> float:
+        """Seconds since the waits started."""
+        if self._started is None:
+            return 0.0
+        return max(self._reactor.seconds() - self._started, 0.0)
+
+    def waiting(self) -> list[str]:
+        """The targets still waited on, in command-line order."""
+        return [o.target for o in self.outcomes if o.state == "waiting"]
+
+    def start(self) -> None:
+        """Start a wait for every target."""
+        from ._wait import free, occupied
+
+        wait = occupied if self.want == "occupied" else free
+        self._started = self._reactor.seconds()
+        self._starting = True
+        try:
+            for index, (_, host, port) in enumerate(self._targets):
+                if self._aborted:  # an earlier target failed for good
+                    self._settle(index, "interrupted")
+                    continue
+                try:
+                    if self._interval is None:
+                        waited = wait(host, port, self.timeout, reactor=self._reactor)
+                    else:
+                        waited = wait(
+                            host,
+                            port,
+                            self.timeout,
+                            interval=self._interval,
+                            reactor=self._reactor,
+                        )
+                except Exception as error:
+                    self._settle(index, "error", _describe(error), EXIT_INTERNAL)
+                    self._abort()
+                    continue
+                self._pending[index] = waited
+                waited.addCallbacks(
+                    self._reached,
+                    self._failed,
+                    callbackArgs=(index,),
+                    errbackArgs=(index,),
+                )
+        finally:
+            self._starting = False
+        if self._progress is not None and self._pending:
+            self._progress.start()
+        self._check()
+
+    def interrupt(self, signum: int) -> None:
+        """Stop every wait still going because of signal ``signum``."""
+        if self.result.called:
+            return
+        self.signal = signum
+        if self._started is None:  # stopped before it began
+            for index, outcome in enumerate(self.outcomes):
+                if outcome.state == "waiting":
+                    self._settle(index, "interrupted")
+            self._check()
+        else:
+            self._abort()
+
+    def _abort(self) -> None:
+        self._aborted = True
+        for waited in list(self._pending.values()):
+            waited.cancel()
+
+    def _settle(
+        self,
+        index: int,
+        state: str,
+        message: str | None = None,
+        code: int = EXIT_OK,
+    ) -> None:
+        self._pending.pop(index, None)
+        outcome = self.outcomes[index]
+        outcome.state = state
+        outcome.seconds = self.elapsed()
+        outcome.message = message
+        outcome.code = code
+
+    def _reached(self, _: None, index: int) -> None:
+        self._settle(index, self.want)
+        self._check()
+
+    def _failed(self, failure: Failure, index: int) -> None:
+        from twisted.internet.defer import CancelledError
+
+        from ._errors import HostNotFound, Timeout
+
+        error = failure.value
+        if isinstance(error, Timeout):
+            self._settle(index, "timeout", str(error), EXIT_FAILED)
+        elif isinstance(error, CancelledError):
+            self._settle(index, "interrupted")
+        else:
+            code = EXIT_FAILED if isinstance(error, HostNotFound) else EXIT_INTERNAL
+            self._settle(index, "error", _describe(error), code)
+            self._abort()  # all of them can no longer succeed
+        self._check()
+
+    def _check(self) -> None:
+        if self._starting or self._pending or self.result.called:
+            return
+        if self._progress is not None:
+            self._progress.stop()
+        self.result.callback(None)
+
+    def exit_code(self) -> int:
+        """0 when every target reached the state, else as documented."""
+        if self.signal is not None:
+            return 128 + self.signal
+        return max((o.code for o in self.outcomes), default=EXIT_OK)
+
+    def report(self, options: _Options) -> int:
+        """Say how the waits ended (stderr, and stdout for ``--json``)."""
+        code = self.exit_code()
+        lines = []
+        for outcome in self.outcomes:
+            if outcome.state == "timeout" and not options.quiet:
+                lines.append(str(outcome.message))
+            elif outcome.state == "error":
+                kind = "" if outcome.code == EXIT_FAILED else "unexpected error: "
+                lines.append(
+                    f"{PROG}: error: {outcome.target}: {kind}{outcome.message}"
+                )
+        if self.signal is not None and not options.quiet:
+            waiting = [o.target for o in self.outcomes if o.state == "interrupted"]
+            lines.append(
+                f"{PROG}: interrupted by {_signal_name(self.signal)}"
+                + (f" while waiting for {', '.join(waiting)}" if waiting else "")
+            )
+        for line in lines:
+            print(line, file=sys.stderr)
+        if options.json:
+            import json
+
+            for outcome in self.outcomes:
+                print(json.dumps(outcome.as_json()))
+        sys.stdout.flush()
+        return code
+
+
+def _describe(error: BaseException | None) -> str:
+    """One line about an exception."""
+    if error is None:
+        return "unknown error"
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    if not isinstance(error, OSError):
+        text = f"{type(error).__name__}: {text}"
+    return " ".join(text.split())
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _react(start: Callable[[IReactorCore], Deferred[None]]) -> None:
+    """
+    Run ``start(reactor)`` on the global reactor with ``task.react``, and
+    return once the Deferred it gives has fired; a failure is raised here
+    (react would log it as a traceback).
+    """
+    from twisted.internet.defer import maybeDeferred
+    from twisted.internet.task import react
+    from twisted.logger import ILogObserver, globalLogBeginner
+    from zope.interface import provider
+
+    @provider(ILogObserver)
+    def discard(event: object) -> None:
+        pass
+
+    # Twisted prints critical log events (an error in a canceller, say) as
+    # tracebacks on stderr until logging begins: the command line reports
+    # what happened in one line of its own instead.
+    globalLogBeginner.beginLoggingTo(
+        [discard], discardBuffer=True, redirectStandardIO=False
+    )
+    failures: list[Failure] = []
+
+    def main(reactor: IReactorCore) -> Deferred[None]:
+        return maybeDeferred(start, reactor).addErrback(failures.append)
+
+    try:
+        react(main)
+    except SystemExit as exit:
+        if exit.code not in (None, 0):
+            raise RuntimeError(f"the reactor exited with {exit.code!r}") from None
+    if failures:
+        failures[0].raiseException()
+
+
+def _wait(options: _Options) -> _Waits:
+    """Run the waits on the global reactor until they have all settled."""
+    import signal
+
+    signals = [signal.SIGINT, signal.SIGTERM]
+    original = {signum: signal.getsignal(signum) for signum in signals}
+    progress = sys.stderr if not options.quiet and _isatty(sys.stderr) else None
+    made: list[_Waits] = []
+
+    def start(reactor: IReactorCore) -> Deferred[None]:
+        waits = _Waits(reactor, options, progress)  # type: ignore[arg-type]
+        made.append(waits)
+        threads = reactor
+
+        def interrupted(signum: int, frame: object) -> None:
+            threads.callFromThread(waits.interrupt, signum)  # type: ignore[attr-defined]
+
+        def begin() -> None:
+            # After the reactor's own handlers, which would just stop it.
+            for signum in signals:
+                signal.signal(signum, interrupted)
+            waits.start()
+
+        def shutdown() -> None:
+            # The reactor stops with waits still going: a signal reached the
+            # reactor's handler first.
+            signum = getattr(reactor, "_exitSignal", None)
+            waits.interrupt(signum if isinstance(signum, int) else signal.SIGINT)
+
+        reactor.callWhenRunning(begin)
+        reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+        done: Deferred[None] = waits.result
+        return done
+
+    try:
+        _react(start)
+    finally:
+        for signum, handler in original.items():
+            signal.signal(signum, handler)
+    return made[0]
+
+
+def _find() -> int:
+    """Print a free local port."""
+    found: list[int] = []
+
+    def start(reactor: IReactorCore) -> Deferred[None]:
+        from ._probe import find_available_local_port
+
+        return find_available_local_port(reactor=reactor).addCallback(  # type: ignore[arg-type]
+            found.append
+        )
+
+    _react(start)
+    print(found[0])
+    return EXIT_OK
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _terminal_sent_it(child_pid: int) -> bool:
+    """
+    Whether a SIGINT most likely came from the terminal, which sends it to
+    its whole foreground process group: ours, with the child in it. The child
+    has it already then, and a second one would be one too many.
+    """
+    getpgrp = getattr(os, "getpgrp", None)
+    if getpgrp is None:
+        return False
+    try:
+        group: int = getpgrp()
+        if os.getpgid(child_pid) != group:
+            return False
+    except OSError:
+        return False
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return os.tcgetpgrp(fd) == group
+        except OSError:
+            continue
+    return False
+
+
+def _run(command: Sequence[str]) -> int:
+    """
+    Run ``command``, passing on SIGINT and SIGTERM, and return its exit code
+    (the shell's 128 + N when signal N killed it).
+    """
+    import contextlib
+    import signal
+    import subprocess
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signals = [signal.SIGINT, signal.SIGTERM]
+    child: subprocess.Popen[bytes] | None = None
+    early: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if child is None:
+            early.append(signum)
+            return
+        if signum == signal.SIGINT and _terminal_sent_it(child.pid):
+            return
+        with contextlib.suppress(OSError):  # it may have just exited
+            child.send_signal(signum)
+
+    original = {signum: signal.signal(signum, forward) for signum in signals}
+    try:
+        if early:  # stopped before the command was started
+            return 128 + early[0]
+        try:
+            child = subprocess.Popen(command)
+        except FileNotFoundError:
+            _error(f"{command[0]}: command not found")
+            return EXIT_NOT_FOUND
+        except OSError as error:
+            _error(f"{command[0]}: cannot run: {_describe(error)}")
+            return EXIT_CANNOT_RUN
+        for signum in early:
+            forward(signum, None)
+        code = child.wait()
+    finally:
+        for signum, handler in original.items():
+            signal.signal(signum, handler)
+    return 128 - code if code < 0 else code
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _main(argv: Sequence[str]) -> int:
+    try:
+        try:
+            options = parse(argv)
+        except _Exit as exit:
+            return exit.code
+        except _UsageError as error:
+            _error(str(error))
+            return EXIT_USAGE
+        if options.find:
+            return _find()
+        code = _wait(options).report(options)
+        if code or options.command is None:
+            return code
+        return _run(options.command)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        _error(f"unexpected error: {_describe(error)}")
+        return EXIT_INTERNAL
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Run the command line, portend's ``_main`` contract: return ``None`` on
+    success, raise :class:`SystemExit` with the exit code otherwise.
+
+    A wait runs the global reactor, which can run only once in a process.
+
+    :param argv: the arguments, without the program name; ``sys.argv[1:]``
+        by default.
+    """
+    code = _main(sys.argv[1:] if argv is None else argv)
+    if code:
+        raise SystemExit(code)
