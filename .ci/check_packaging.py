@@ -54,12 +54,14 @@ def check(condition: bool, message: str, problem: str = "") -> None:
 
 
 def run(
-    command: Sequence[str | Path], **kwargs: object
+    command: Sequence[str | Path],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command, echoing it; its output is captured."""
     words = [str(word) for word in command]
     print("$", " ".join(words), flush=True)
-    return subprocess.run(words, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(words, capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def show(done: subprocess.CompletedProcess[str]) -> None:
@@ -177,10 +179,14 @@ def try_wheel(wheel: Path, venv: Path, expected_version: str) -> None:
 
     # Run outside the source tree, so that only the installed copy can be
     # imported.
-    outside = {"cwd": venv, "env": {**os.environ, "PYTHONPATH": ""}}
+    outside_env = {**os.environ, "PYTHONPATH": ""}
+    commands: list[tuple[list[str | Path], str]] = [
+        ([python, "-m", PACKAGE, "--help"], f"python -m {PACKAGE} --help"),
+        ([bin_dir / PACKAGE, "--help"], f"the console script: {PACKAGE} --help"),
+    ]
 
     where_is = f"import {PACKAGE}; print({PACKAGE}.__file__)"
-    done = run([python, "-c", where_is], **outside)
+    done = run([python, "-c", where_is], cwd=venv, env=outside_env)
     where = Path(done.stdout.strip() or ".").resolve()
     check(
         done.returncode == 0 and venv.resolve() in where.parents,
@@ -188,12 +194,9 @@ def try_wheel(wheel: Path, venv: Path, expected_version: str) -> None:
         (done.stderr.strip().splitlines() or [f"imported from {where}"])[-1],
     )
 
-    for command, name in [
-        ([python, "-m", PACKAGE, "--help"], f"python -m {PACKAGE} --help"),
-        ([bin_dir / PACKAGE, "--help"], f"the console script: {PACKAGE} --help"),
-    ]:
+    for command, name in commands:
         try:
-            done = run(command, **outside)
+            done = run(command, cwd=venv, env=outside_env)
         except OSError as error:
             fail(f"{name}: {error}")
             continue
@@ -205,7 +208,7 @@ def try_wheel(wheel: Path, venv: Path, expected_version: str) -> None:
             f"exit code {done.returncode}",
         )
 
-    done = run([bin_dir / PACKAGE, "--version"], **outside)
+    done = run([bin_dir / PACKAGE, "--version"], cwd=venv, env=outside_env)
     check(
         done.returncode == 0 and expected_version in done.stdout,
         f"{PACKAGE} --version says {expected_version}",
@@ -213,7 +216,7 @@ def try_wheel(wheel: Path, venv: Path, expected_version: str) -> None:
     )
 
     if (ROOT / DROPIN).exists():
-        done = run([bin_dir / "twistd", TAPNAME, "--help"], **outside)
+        done = run([bin_dir / "twistd", TAPNAME, "--help"], cwd=venv, env=outside_env)
         if done.returncode != 0:
             show(done)
         check(done.returncode == 0, f"twistd {TAPNAME} --help exits 0 (plugin found)")
