@@ -13,11 +13,14 @@ Figures per trial:
   window, as a fraction of one core. A sampler thread takes the reading at
   the opening time, so a busy reactor can't delay it. The last second before
   the opening is reported apart as ``steady_cpu``;
-* peak RSS (``ru_maxrss``) of the process at the end.
+* peak RSS (``ru_maxrss``) of the process at the end;
+* the cyclic garbage collector's pauses (``gc.callbacks``): how many full
+  (generation 2) collections ran, their total and longest pause.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Any
@@ -46,6 +49,36 @@ class _Sampler(threading.Thread):
             self.readings.append((time.monotonic(), cpu_seconds()))
 
 
+class _GCPauses:
+    """Times every collection of the cyclic garbage collector."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.total = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self.longest = 0.0
+        gc.callbacks.append(self.callback)
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self.started = now
+            return
+        generation = info["generation"]
+        self.total[generation] += now - self.started
+        self.count[generation] += 1
+        self.longest = max(self.longest, now - self.started)
+
+    def summary(self) -> dict[str, Any]:
+        gc.callbacks.remove(self.callback)
+        return {
+            "gc_seconds": sum(self.total),
+            "gc_full_collections": self.count[2],
+            "gc_full_seconds": self.total[2],
+            "gc_longest_pause": self.longest,
+        }
+
+
 def _summary(
     n: int,
     ports: list[int],
@@ -55,6 +88,7 @@ def _summary(
     start: tuple[float, float],
     all_started: float,
     sampler: _Sampler,
+    gc_pauses: _GCPauses,
 ) -> dict[str, Any]:
     latencies = [fired[p] - t for p, t in zip(ports, opened, strict=True) if p in fired]
     early = sum(1 for x in latencies if x < 0)
@@ -72,11 +106,19 @@ def _summary(
         "idle_cpu": (c_open - c_start) / (t_open - t_start),
         "steady_cpu": (c_open - c_steady) / (t_open - t_steady),
         "peak_rss_mib": peak_rss_mib(),
+        **gc_pauses.summary(),
     }
 
 
-def deferred_side(n: int, open_after: float, detect_bound: float) -> dict[str, Any]:
-    """``n`` txportend.occupied waits on the default global reactor."""
+def deferred_side(
+    n: int, open_after: float, detect_bound: float, state: str = "occupied"
+) -> dict[str, Any]:
+    """
+    ``n`` txportend.occupied waits on the default global reactor; or, with
+    ``state="free"``, ``n`` txportend.free waits on listening ports that the
+    helper closes at the same time (a wait that returns before its port
+    closed counts as ``early``).
+    """
     limits = raise_nofile(n + 512)
     if limits[0] < n + 64:
         return {"unavailable": f"RLIMIT_NOFILE {limits} too low for {n} waits"}
@@ -91,13 +133,18 @@ def deferred_side(n: int, open_after: float, detect_bound: float) -> dict[str, A
     def main(reactor: Any) -> Deferred[None]:
         server = HelperServer()
         ports = server.bind(n)
+        if state == "free":
+            server.listen(ports)
+            server.times()
         fired: dict[int, float] = {}
         errors: list[str] = []
         at = time.monotonic() + open_after
         sampler = _Sampler([at - min(1.0, open_after / 2), at])
         sampler.start()
-        server.listen(ports, at)
+        (server.close if state == "free" else server.listen)(ports, at)
+        pauses = _GCPauses()
         start = (time.monotonic(), cpu_seconds())
+        wait = getattr(txportend, state)
 
         def on_fire(_: object, port: int) -> None:
             fired[port] = time.monotonic()
@@ -107,9 +154,7 @@ def deferred_side(n: int, open_after: float, detect_bound: float) -> dict[str, A
 
         waits = []
         for port in ports:
-            d = txportend.occupied(
-                LOOPBACK, port, open_after + detect_bound, reactor=reactor
-            )
+            d = wait(LOOPBACK, port, open_after + detect_bound, reactor=reactor)
             d.addCallback(on_fire, port)
             d.addErrback(on_error)
             waits.append(d)
@@ -120,7 +165,9 @@ def deferred_side(n: int, open_after: float, detect_bound: float) -> dict[str, A
             opened = server.times()
             server.stop()
             out.update(
-                _summary(n, ports, opened, fired, errors, start, all_started, sampler)
+                _summary(
+                    n, ports, opened, fired, errors, start, all_started, sampler, pauses
+                )
             )
 
         return gatherResults(waits).addCallback(done)
@@ -149,6 +196,7 @@ def portend_side(n: int, open_after: float, detect_bound: float) -> dict[str, An
         sampler = _Sampler([at - min(1.0, open_after / 2), at])
         sampler.start()
         server.listen(ports, at)
+        pauses = _GCPauses()
         start = (time.monotonic(), cpu_seconds())
 
         def wait(port: int) -> None:
@@ -169,6 +217,8 @@ def portend_side(n: int, open_after: float, detect_bound: float) -> dict[str, An
         sampler.join(timeout=open_after + detect_bound)
         opened = server.times()
         alive = sum(thread.is_alive() for thread in threads)
-    result = _summary(n, ports, opened, fired, errors, start, all_started, sampler)
+    result = _summary(
+        n, ports, opened, fired, errors, start, all_started, sampler, pauses
+    )
     result["threads_left"] = alive
     return result
