@@ -196,6 +196,9 @@ async def test_polling_a_listening_port_leaks_no_fd_nor_time_wait(reactor: Any) 
     port = listening.getHost().port
     try:
         fds = _fds()
+        # Earlier connections may have left TIME_WAIT entries towards a port
+        # that the kernel has now handed to this listener: count new ones only.
+        time_wait = _time_wait_to(port)
         for _ in range(300):
             result = await txportend.probe("127.0.0.1", port, reactor=reactor)
             assert result.accepted
@@ -208,7 +211,7 @@ async def test_polling_a_listening_port_leaks_no_fd_nor_time_wait(reactor: Any) 
         # No growth (a resolver thread of an earlier test may still hold a
         # file at the first count, so fewer is fine).
         assert _fds() <= fds
-        assert _time_wait_to(port) == 0
+        assert _time_wait_to(port) <= time_wait
     finally:
         await listening.stopListening()
 

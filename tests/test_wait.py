@@ -374,3 +374,16 @@ def test_wait_fires_exactly_when_the_wanted_state_is_first_seen(
     d.cancel()
     failure(d, CancelledError)
     assert reactor.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(("bind", "probed"), [("0.0.0.0", "127.0.0.1"), ("::", "::1")])
+def test_port_not_free_names_a_bind_address_as_given(bind: str, probed: str) -> None:
+    """portend connects to the bind address itself and names it; so do we."""
+    reactor = memory_reactor()
+    d = txportend.assert_free(bind, 8080, reactor=reactor)
+    assert attempts(reactor) == [(probed, 8080)]
+    accept(reactor)
+    assert (
+        str(failure(d, txportend.PortNotFree).value)
+        == f"Port 8080 is in use on {bind}."
+    )

@@ -14,7 +14,13 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from ._errors import HostNotFound, PortNotFree, Timeout
-from ._hostport import TimeoutType, check_host, check_port, timeout_seconds
+from ._hostport import (
+    TimeoutType,
+    check_host,
+    check_port,
+    client_host,
+    timeout_seconds,
+)
 from ._probe import ProbeResult, probe
 from ._reactor import IPortendReactor, get_reactor
 
@@ -306,7 +312,10 @@ def assert_free(
     def judge(result: ProbeResult) -> None:
         address = result.first_accepting()
         if address is not None:
-            raise PortNotFree(f"Port {number} is in use on {address}.")
+            # A bind address was probed on loopback; name it as given, as
+            # portend (which connects to it directly) does.
+            shown = host if client_host(str(host)) == address else address
+            raise PortNotFree(f"Port {number} is in use on {shown}.")
 
     return probe(str(host), number, timeout, reactor=reactor).addCallback(judge)
 
