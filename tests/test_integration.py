@@ -233,3 +233,33 @@ async def test_find_available_local_port_is_bindable(reactor: Any) -> None:
     assert 0 < port < 65536
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_waits_see_their_ports_open_and_close(reactor: Any) -> None:
+    """More waits than the watcher's threshold: it reads the kernel's table
+    (where it can) and every wait still ends with a confirmed state."""
+    from twisted.internet.defer import gatherResults
+
+    count = 24
+    ports = [
+        await txportend.find_available_local_port(reactor=reactor) for _ in range(count)
+    ]
+    waits = [
+        txportend.occupied("127.0.0.1", p, timeout=20, reactor=reactor) for p in ports
+    ]
+    await deferLater(reactor, 0.05, lambda: None)
+    listening = [_listen(reactor, "127.0.0.1", p) for p in ports]
+    try:
+        await gatherResults(waits)
+        frees = [
+            txportend.free("127.0.0.1", p, timeout=20, reactor=reactor) for p in ports
+        ]
+        await deferLater(reactor, 0.05, lambda: None)
+        for p in listening:
+            await p.stopListening()
+        listening = []
+        await gatherResults(frees)
+    finally:
+        for p in listening:
+            await p.stopListening()

@@ -9,8 +9,9 @@ portend-compatible blocking API.
 from ._errors import HostNotFound, PortNotFree, Timeout
 from ._hostport import HostPort, client_host
 from ._probe import Outcome, ProbeResult, can_bind, find_available_local_port, probe
+from ._schedule import default_interval
 from ._version import __version__
-from ._wait import Checker, assert_free, default_interval, free, occupied
+from ._wait import Checker, assert_free, free, occupied
 
 __all__ = [
     "Checker",

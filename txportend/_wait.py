@@ -5,9 +5,10 @@ overall timeout and cancellation; and the one-shot ``assert_free`` check.
 
 from __future__ import annotations
 
-import datetime
+import ipaddress
 import math
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -21,13 +22,10 @@ from ._hostport import (
     client_host,
     timeout_seconds,
 )
+from ._listeners import ListenWatcher
 from ._probe import ProbeResult, probe
 from ._reactor import IPortendReactor, get_reactor
-
-#: What an ``interval`` may be: fixed seconds, a :class:`datetime.timedelta`,
-#: or a policy ``(attempt) -> seconds`` (attempt counts from 0), like the one
-#: :func:`twisted.application.internet.backoffPolicy` returns.
-IntervalType = float | datetime.timedelta | Callable[[int], float]
+from ._schedule import IntervalType, default_interval, interval_policy
 
 #: Seconds each connection attempt may take while waiting, as in portend: a
 #: port being waited on to go free is expected to refuse quickly.
@@ -35,44 +33,38 @@ OCCUPIED_PROBE_TIMEOUT = 0.5
 FREE_PROBE_TIMEOUT = 0.1
 
 
-def default_interval(attempt: int) -> float:
-    """
-    The default polling schedule: 1 ms after the first probe, then 4% longer
-    after each one, up to 100 ms.
-
-    The pause stays about 4% of the time already waited, so a change is seen
-    within a few milliseconds in the first fraction of a second, while a wait
-    that lasts minutes costs no more than portend's 10 probes a second.
-
-    :param attempt: how many pauses came before this one (0 for the first).
-    :return: seconds to pause before the next probe.
-
-    >>> default_interval(0)
-    0.001
-    >>> default_interval(10_000)
-    0.1
-    """
-    return min(0.001 * 1.04 ** min(attempt, 200), 0.1)
+#: Probes per second that all the waits on one reactor make together, at
+#: most, from their own schedules: with N waits at once, each pauses at
+#: least N / PROBE_BUDGET seconds between probes (about 10% of a core).
+PROBE_BUDGET = 1000.0
 
 
-def interval_policy(interval: IntervalType) -> Callable[[int], float]:
-    """
-    Turn an ``interval`` argument into a policy ``(attempt) -> seconds``.
+class _Shared:
+    """What the waits on one reactor share: their count and the watcher."""
 
-    :raises ValueError: for a negative or NaN fixed interval.
-    """
-    if callable(interval):
-        return interval
-    seconds = (
-        interval.total_seconds()
-        if isinstance(interval, datetime.timedelta)
-        else float(interval)
-    )
-    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
-        raise ValueError(
-            f"interval must be a finite, non-negative number: {interval!r}"
-        )
-    return lambda attempt: seconds
+    def __init__(self, reactor: IPortendReactor) -> None:
+        self.active = 0
+        self.watcher = ListenWatcher(reactor)
+
+
+_shared: weakref.WeakKeyDictionary[IPortendReactor, _Shared] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_for(reactor: IPortendReactor) -> _Shared:
+    """The state shared by every wait on ``reactor``, made on first use."""
+    state = _shared.get(reactor)
+    if state is None:
+        state = _shared[reactor] = _Shared(reactor)
+    return state
+
+
+def _all_loopback(addresses: Iterable[str]) -> bool:
+    try:
+        return all(ipaddress.ip_address(a).is_loopback for a in addresses)
+    except ValueError:
+        return False
 
 
 class _Wait:
@@ -80,10 +72,16 @@ class _Wait:
     Probes ``host:port`` until it is (or is not) accepting connections.
 
     One probe is in flight at a time; the next is scheduled with ``callLater``
-    after the pause the policy gives. The overall deadline is one more
+    after the pause the policy gives, stretched when many waits share the
+    reactor (:data:`PROBE_BUDGET`). The overall deadline is one more
     ``callLater``. At least one probe always completes, so ``timeout=0``
     means "check once", as in portend: a probe still in flight when the
     deadline passes decides, if no probe has completed before it.
+
+    A wait on loopback also subscribes to the reactor's
+    :class:`~txportend._listeners.ListenWatcher`; when the kernel's table of
+    listening sockets says the port changed the right way, the wait probes
+    at once instead of at its next turn.
     """
 
     def __init__(
@@ -112,9 +110,13 @@ class _Wait:
         self._next: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
         self._inflight: Deferred[ProbeResult] | None = None
+        self._shared = shared_for(reactor)
+        self._watching = False
+        self._hinted = False
         self.result: Deferred[None] = Deferred(lambda d: self._stop())
 
     def start(self) -> Deferred[None]:
+        self._shared.active += 1
         if math.isfinite(self._timeout):
             self._deadline = self._reactor.callLater(self._timeout, self._expire)
         self._probe()
@@ -143,8 +145,21 @@ class _Wait:
         self._completed_one()
         if result.accepted == self._want_occupied:
             self._finish(None)
+            return
+        if not self._watching and _all_loopback(result.outcomes):
+            self._watching = True
+            self._shared.watcher.subscribe(self._port, self, self._hint)
+        self._again()
+
+    def _hint(self, listening: bool) -> None:
+        """The listening table says the port now listens (or not)."""
+        if self._done or listening != self._want_occupied:
+            return
+        if self._next is not None:
+            self._next.cancel()
+            self._probe()
         else:
-            self._again()
+            self._hinted = True  # a probe is in flight: probe again after it
 
     def _probe_failed(self, failure: Failure) -> None:
         if self._done:
@@ -166,8 +181,12 @@ class _Wait:
         if self._expired:
             self._finish(self._timeout_error())
             return
-        pause = self._policy(self._pauses)
-        self._pauses += 1
+        if self._hinted:
+            self._hinted = False
+            pause = 0.0
+        else:
+            pause = max(self._policy(self._pauses), self._shared.active / PROBE_BUDGET)
+            self._pauses += 1
         self._next = self._reactor.callLater(pause, self._probe)
 
     def _expire(self) -> None:
@@ -178,7 +197,12 @@ class _Wait:
         self._finish(self._timeout_error())
 
     def _stop(self) -> None:
+        if self._done:
+            return
         self._done = True
+        self._shared.active -= 1
+        if self._watching:
+            self._shared.watcher.unsubscribe(self._port, self)
         for call in (self._next, self._deadline):
             if call is not None and call.active():
                 call.cancel()

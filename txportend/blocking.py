@@ -86,7 +86,7 @@ from . import _probe, _wait
 from ._errors import PortNotFree, Timeout
 from ._hostport import HostPort, TimeoutType, client_host
 from ._reactor import IPortendReactor
-from ._wait import IntervalType, default_interval
+from ._schedule import IntervalType, default_interval
 
 if TYPE_CHECKING:
     from twisted.internet.base import ReactorBase

@@ -1,0 +1,191 @@
+"""
+The kernel's listening table as a hint, the watcher that reads it for many
+waits at once, and the process-wide probe budget.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+import txportend
+from txportend._listeners import (
+    WATCH_MAX_PAUSE,
+    WATCH_THRESHOLD,
+    ListenWatcher,
+    listening_ports,
+)
+from txportend._wait import PROBE_BUDGET, shared_for
+
+from .fakes import accept, attempts, memory_reactor, refuse
+
+_tc = SynchronousTestCase()
+success = _tc.successResultOf
+no_result = _tc.assertNoResult
+
+
+def test_listening_ports_lists_a_listening_socket_and_not_a_closed_one() -> None:
+    with socket.socket() as server, socket.socket() as bound:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        bound.bind(("127.0.0.1", 0))  # bound, not listening
+        ports = listening_ports()
+        if ports is None:
+            pytest.skip("the kernel's listening table can't be read here")
+        assert server.getsockname()[1] in ports
+        assert bound.getsockname()[1] not in ports
+
+
+class Table:
+    """A listening table the test edits; counts readings."""
+
+    def __init__(self) -> None:
+        self.ports: set[int] = set()
+        self.readings = 0
+        self.available = True
+
+    def read(self) -> frozenset[int] | None:
+        self.readings += 1
+        return frozenset(self.ports) if self.available else None
+
+
+def _watcher(clock: Clock, table: Table) -> ListenWatcher:
+    return ListenWatcher(clock, read=table.read)
+
+
+def test_watcher_reads_only_with_enough_subscribers() -> None:
+    clock, table = Clock(), Table()
+    watcher = _watcher(clock, table)
+    for n in range(WATCH_THRESHOLD - 1):
+        watcher.subscribe(1000 + n, n, lambda listening: None)
+    clock.advance(1)
+    assert table.readings == 0
+    watcher.subscribe(2000, "last", lambda listening: None)
+    clock.advance(0)
+    assert table.readings == 1
+    watcher.unsubscribe(2000, "last")
+    assert clock.getDelayedCalls() == []
+
+
+def test_watcher_calls_back_on_changes_only() -> None:
+    clock, table = Clock(), Table()
+    watcher = _watcher(clock, table)
+    seen: list[tuple[int, bool]] = []
+    for n in range(WATCH_THRESHOLD):
+        watcher.subscribe(
+            1000 + n, n, lambda listening, p=1000 + n: seen.append((p, listening))
+        )
+    clock.advance(0)  # first reading: everyone learns the state
+    assert sorted(seen) == [(1000 + n, False) for n in range(WATCH_THRESHOLD)]
+    seen.clear()
+    clock.advance(WATCH_MAX_PAUSE)
+    assert seen == []
+    table.ports.add(1003)
+    clock.advance(WATCH_MAX_PAUSE)
+    assert seen == [(1003, True)]
+    table.ports.clear()
+    clock.advance(WATCH_MAX_PAUSE)
+    assert seen == [(1003, True), (1003, False)]
+
+
+def test_watcher_gives_up_where_the_table_is_unreadable() -> None:
+    clock, table = Clock(), Table()
+    table.available = False
+    watcher = _watcher(clock, table)
+    for n in range(WATCH_THRESHOLD):
+        watcher.subscribe(n + 1, n, lambda listening: None)
+    clock.advance(0)
+    assert not watcher.available
+    assert clock.getDelayedCalls() == []
+    watcher.subscribe(99, "more", lambda listening: None)
+    assert clock.getDelayedCalls() == []
+
+
+def test_watcher_pause_is_capped() -> None:
+    clock, table = Clock(), Table()
+    watcher = _watcher(clock, table)
+    for n in range(WATCH_THRESHOLD):
+        watcher.subscribe(n + 1, n, lambda listening: None)
+    for _ in range(300):  # bounded
+        clock.advance(WATCH_MAX_PAUSE)
+    # Never a longer pause than the cap: one reading at each step.
+    assert table.readings == 300
+    for n in range(WATCH_THRESHOLD):
+        watcher.unsubscribe(n + 1, n)
+    assert clock.getDelayedCalls() == []
+
+
+def _many_waits(table: Table, count: int, **kw: Any) -> tuple[Any, list[Any]]:
+    reactor = memory_reactor()
+    shared_for(reactor).watcher = ListenWatcher(reactor, read=table.read)
+    waits = [
+        txportend.occupied("127.0.0.1", 1000 + n, timeout=60, reactor=reactor, **kw)
+        for n in range(count)
+    ]
+    return reactor, waits
+
+
+def test_many_waits_share_the_probe_budget() -> None:
+    """With N waits each pauses at least N / PROBE_BUDGET between probes."""
+    count = 50
+    reactor, waits = _many_waits(Table(), count, interval=0)
+    for n in range(count):
+        refuse(reactor, n)
+    pauses = [c.getTime() - reactor.seconds() for c in reactor.getDelayedCalls()]
+    next_probes = [
+        p for p in pauses if 0 < p < 60
+    ]  # not the deadlines, nor the watcher
+    assert len(next_probes) == count
+    assert min(next_probes) == pytest.approx(count / PROBE_BUDGET)
+    for d in waits:
+        d.cancel()
+    assert reactor.getDelayedCalls() == []
+    assert shared_for(reactor).active == 0
+
+
+def test_the_table_wakes_a_wait_before_its_turn() -> None:
+    table = Table()
+    reactor, waits = _many_waits(table, WATCH_THRESHOLD, interval=30)
+    for n in range(WATCH_THRESHOLD):
+        refuse(reactor, n)  # each subscribes, and pauses 30 s
+    reactor.advance(0)  # the watcher's first reading
+    assert len(attempts(reactor)) == WATCH_THRESHOLD
+    table.ports.add(1002)
+    reactor.advance(WATCH_MAX_PAUSE)
+    assert attempts(reactor)[-1] == ("127.0.0.1", 1002)  # probed at once
+    accept(reactor)
+    success(waits[2])
+    no_result(waits[3])
+    for d in waits:
+        d.cancel()
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_hint_during_a_probe_probes_again_after_it() -> None:
+    table = Table()
+    reactor, waits = _many_waits(table, WATCH_THRESHOLD, interval=30)
+    for n in range(WATCH_THRESHOLD):
+        refuse(reactor, n)
+    reactor.advance(30)  # every wait has a probe in flight now
+    assert len(attempts(reactor)) == 2 * WATCH_THRESHOLD
+    table.ports.add(1000)
+    reactor.advance(WATCH_MAX_PAUSE)  # the hint arrives mid-probe
+    refuse(reactor, WATCH_THRESHOLD)  # that probe started too early
+    reactor.advance(0)
+    assert attempts(reactor)[-1] == ("127.0.0.1", 1000)
+    accept(reactor)
+    success(waits[0])
+    for d in waits:
+        d.cancel()
+
+
+def test_remote_waits_do_not_subscribe() -> None:
+    reactor = memory_reactor({"db": ["192.0.2.10"]})
+    d = txportend.occupied("db", 5432, reactor=reactor)
+    refuse(reactor)
+    assert shared_for(reactor).watcher._count == 0
+    d.cancel()

@@ -1,0 +1,175 @@
+"""
+The kernel's own table of listening TCP sockets, read through Linux's
+``sock_diag`` netlink interface, and a watcher that tells many waits at once
+when a local port starts or stops listening.
+
+The table is only a hint: a wait that it wakes still confirms with a real
+connection before it reports anything. Where the table can't be read (not
+Linux, no netlink, a sandbox that refuses it) everything falls back to plain
+probing.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._schedule import default_interval
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 0x1
+_NLM_F_DUMP = 0x300
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_TCP_LISTEN = 10
+_HEADER = struct.Struct("=IHHII")
+# inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid
+# (sport, dport, src[16], dst[16], if, cookie[2]), zeroed.
+_REQUEST = struct.Struct("=BBBBI48x")
+# The source port sits right after the family/state/timer/retrans bytes of
+# inet_diag_msg, in network order.
+_SPORT = struct.Struct("!H")
+_SPORT_OFFSET = _HEADER.size + 4
+
+
+def _dump(family: int) -> set[int] | None:
+    request = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << _TCP_LISTEN)
+    header = _HEADER.pack(
+        _HEADER.size + len(request),
+        _SOCK_DIAG_BY_FAMILY,
+        _NLM_F_REQUEST | _NLM_F_DUMP,
+        1,
+        0,
+    )
+    ports: set[int] = set()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as s:
+        # Non-blocking: the kernel answers a dump while we send and recv, so
+        # an empty socket means something is off, never a wait.
+        s.setblocking(False)
+        s.send(header + request)
+        for _ in range(1_000_000):  # bounded: a dump ends with NLMSG_DONE
+            data = s.recv(1 << 16)
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                length, kind = _HEADER.unpack_from(data, offset)[:2]
+                if kind == _NLMSG_DONE:
+                    return ports
+                if kind == _NLMSG_ERROR or length < _HEADER.size:
+                    return None
+                ports.add(_SPORT.unpack_from(data, offset + _SPORT_OFFSET)[0])
+                offset += (length + 3) & ~3
+    return None
+
+
+def listening_ports() -> frozenset[int] | None:
+    """
+    The local TCP ports that have a socket in LISTEN state, IPv4 and IPv6.
+
+    :return: the port numbers, or ``None`` when the kernel's table can't be
+        read here (not Linux, or netlink refused).
+    """
+    if not hasattr(socket, "AF_NETLINK"):
+        return None
+    found: set[int] = set()
+    try:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            ports = _dump(family)
+            if ports is None:
+                return None
+            found |= ports
+    except OSError:
+        return None
+    return frozenset(found)
+
+
+#: Fewest local waits for which the watcher reads the table: below this,
+#: probing each wait is as cheap as reading the kernel's table.
+WATCH_THRESHOLD = 8
+#: The most time between two readings while the watcher runs.
+WATCH_MAX_PAUSE = 0.02
+#: The watcher spends at most about 1/WATCH_COST_FACTOR of its time reading.
+WATCH_COST_FACTOR = 10
+
+
+class ListenWatcher:
+    """
+    Reads the listening table on a schedule while enough local waits are
+    subscribed, and calls a wait's callback with ``True`` when its port
+    starts listening, ``False`` when it stops.
+
+    The schedule starts fast (the default polling schedule) and is capped at
+    :data:`WATCH_MAX_PAUSE`, and stretched so that reading the table takes
+    no more than a tenth of the time however many sockets it lists.
+
+    :param reactor: provides ``callLater``.
+    :param read: the table reader (:func:`listening_ports` by default).
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        read: Callable[[], frozenset[int] | None] = listening_ports,
+    ) -> None:
+        self._reactor = reactor
+        self._read = read
+        self._subscribers: dict[int, dict[object, Callable[[bool], None]]] = {}
+        self._count = 0
+        self._last: frozenset[int] | None = None
+        self._readings = 0
+        self._call: IDelayedCall | None = None
+        #: False once the table turned out to be unreadable here.
+        self.available = True
+
+    def subscribe(
+        self, port: int, token: object, callback: Callable[[bool], None]
+    ) -> None:
+        """Call ``callback(listening)`` when ``port`` changes state."""
+        self._subscribers.setdefault(port, {})[token] = callback
+        self._count += 1
+        if self._call is None and self.available and self._count >= WATCH_THRESHOLD:
+            self._readings = 0
+            self._call = self._reactor.callLater(0, self._tick)
+
+    def unsubscribe(self, port: int, token: object) -> None:
+        """Forget a subscription made with :meth:`subscribe`."""
+        callbacks = self._subscribers.get(port)
+        if callbacks is None or callbacks.pop(token, None) is None:
+            return
+        self._count -= 1
+        if not callbacks:
+            del self._subscribers[port]
+        if self._count < WATCH_THRESHOLD and self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+            self._last = None
+
+    def _tick(self) -> None:
+        self._call = None
+        started = time.perf_counter()
+        ports = self._read()
+        cost = time.perf_counter() - started
+        if ports is None:
+            self.available = False
+            self._last = None
+            return
+        last, self._last = self._last, ports
+        for port, callbacks in list(self._subscribers.items()):
+            listening = port in ports
+            if last is None or (port in last) != listening:
+                for callback in list(callbacks.values()):
+                    callback(listening)
+        if self._count >= WATCH_THRESHOLD and self._call is None:
+            pause = max(
+                min(default_interval(self._readings), WATCH_MAX_PAUSE),
+                cost * WATCH_COST_FACTOR,
+            )
+            self._readings += 1
+            self._call = self._reactor.callLater(pause, self._tick)

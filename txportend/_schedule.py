@@ -1,0 +1,54 @@
+"""
+The polling schedule: when the next probe of a wait comes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Callable
+
+#: What an ``interval`` may be: fixed seconds, a :class:`datetime.timedelta`,
+#: or a policy ``(attempt) -> seconds`` (attempt counts from 0), like the one
+#: :func:`twisted.application.internet.backoffPolicy` returns.
+IntervalType = float | datetime.timedelta | Callable[[int], float]
+
+
+def default_interval(attempt: int) -> float:
+    """
+    The default polling schedule: 1 ms after the first probe, then 4% longer
+    after each one, up to 100 ms.
+
+    The pause stays about 4% of the time already waited, so a change is seen
+    within a few milliseconds in the first fraction of a second, while a wait
+    that lasts minutes costs no more than portend's 10 probes a second.
+
+    :param attempt: how many pauses came before this one (0 for the first).
+    :return: seconds to pause before the next probe.
+
+    >>> default_interval(0)
+    0.001
+    >>> default_interval(10_000)
+    0.1
+    """
+    return min(0.001 * 1.04 ** min(attempt, 200), 0.1)
+
+
+def interval_policy(interval: IntervalType) -> Callable[[int], float]:
+    """
+    Turn an ``interval`` argument into a policy ``(attempt) -> seconds``.
+
+    :raises ValueError: for a negative or NaN fixed interval.
+    """
+    if callable(interval):
+        return interval
+    seconds = (
+        interval.total_seconds()
+        if isinstance(interval, datetime.timedelta)
+        else float(interval)
+    )
+    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
+        raise ValueError(
+            f"interval must be a finite, non-negative number: {interval!r}"
+        )
+    return lambda attempt: seconds
