@@ -145,11 +145,12 @@ def running() -> Iterator[type[Running]]:
         one.close()
 
 
-def probed(server: socket.socket) -> None:
-    """Wait (bounded) until a probe connects to ``server``; accept it."""
-    ready, _, _ = select.select([server], [], [], LIMIT)
-    assert ready, "never probed"
-    drain(server)
+def probed(server: socket.socket, times: int) -> None:
+    """Wait (at most LIMIT seconds each) until ``times`` probes connected."""
+    server.settimeout(LIMIT)
+    for _ in range(times):
+        connection, _ = server.accept()
+        connection.close()
 
 
 def drain(server: socket.socket) -> None:
@@ -412,7 +413,7 @@ def test_plain_seconds_do_not_import_the_duration_parser() -> None:
     code = (
         "import sys\n"
         "from txportend import cli\n"
-        "cli.parse(['localhost:1', 'occupied', '-t', '5', '--interval', '0.5'])\n"
+        "cli._parse(['localhost:1', 'occupied', '-t', '5', '--interval', '0.5'])\n"
         "print('tempora' in sys.modules)\n"
     )
     result = subprocess.run(
@@ -421,15 +422,15 @@ def test_plain_seconds_do_not_import_the_duration_parser() -> None:
     assert result.stdout == "False\n", result.stderr
 
 
-def test_parse() -> None:
-    options = cli.parse(["[::1]:80", "db:5432", "free", "-t", "1m", "--json"])
+def test_parse_options() -> None:
+    options = cli._parse(["[::1]:80", "db:5432", "free", "-t", "1m", "--json"])
     assert options.targets == [("[::1]:80", "::1", 80), ("db:5432", "db", 5432)]
     assert (options.want, options.timeout, options.interval) == ("free", 60.0, None)
     assert (options.json, options.quiet, options.command) == (True, False, None)
-    options = cli.parse(["h:1", "occupied", "--", "app", "--flag", "--", "x"])
+    options = cli._parse(["h:1", "occupied", "--", "app", "--flag", "--", "x"])
     assert options.command == ["app", "--flag", "--", "x"]
     assert options.timeout is None
-    assert cli.parse(["--find"]).find
+    assert cli._parse(["--find"]).find
 
 
 # -- -- COMMAND ------------------------------------------------------------------
@@ -549,6 +550,61 @@ def test_signals_are_forwarded_to_the_command(
     assert (code, stderr) == (42, "")
 
 
+COUNTER = f"""\
+import signal, sys, time
+count = 0
+def handle(signum, frame):
+    global count
+    count += 1
+signal.signal(signal.SIGINT, handle)
+print('ready', flush=True)
+deadline = time.monotonic() + {LIMIT}
+while count == 0 and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)  # room for a second SIGINT, if one were passed on
+sys.exit(40 + count)
+"""
+
+
+@needs_posix
+def test_ctrl_c_on_the_terminal_reaches_the_command_once(
+    listening: int, running: type[Running]
+) -> None:
+    """
+    The terminal sends Ctrl-C's SIGINT to its whole foreground process group,
+    the command included: txportend does not pass on a second one.
+    """
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+
+    def take_the_terminal() -> None:  # in the new session: our terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        proc = running(
+            f"127.0.0.1:{listening}",
+            "occupied",
+            "--",
+            sys.executable,
+            "-c",
+            COUNTER,
+            stdin=slave,
+            preexec_fn=take_the_terminal,
+        )
+        os.close(slave)
+        slave = -1
+        assert proc.readline() == b"ready\n"
+        os.write(master, b"\x03")  # Ctrl-C
+        code, _, stderr = proc.finish()
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert (code, stderr) == (41, "")
+
+
 # -- signals during the wait -------------------------------------------------------
 
 
@@ -571,7 +627,9 @@ def test_a_signal_during_the_wait_cancels_it(
             "-c",
             "print('ran')",
         )
-        probed(server)  # the wait is under way
+        # The quick look before the reactor starts, then the Deferred core:
+        # the wait is under way.
+        probed(server, 2)
         proc.process.send_signal(sent)
         code, stdout, stderr = proc.finish()
         drain(server)
@@ -662,7 +720,7 @@ def waits(
     args: list[str], reactor: Any = None, progress: Any = None
 ) -> tuple[Any, cli._Waits]:
     reactor = reactor if reactor is not None else memory_reactor()
-    return reactor, cli._Waits(reactor, cli.parse(args), progress)
+    return reactor, cli._Waits(reactor, cli._parse(args), progress)
 
 
 def test_waits_succeed_once_every_target_is_there() -> None:
@@ -713,7 +771,7 @@ def test_a_host_that_does_not_resolve_fails_free_at_once_with_exit_1(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The other waits are stopped: all of them can no longer succeed."""
-    options = cli.parse(["nowhere.test:1", "127.0.0.1:2", "free", "--json"])
+    options = cli._parse(["nowhere.test:1", "127.0.0.1:2", "free", "--json"])
     reactor = memory_reactor({})
     w = cli._Waits(reactor, options)
     w.start()
@@ -806,3 +864,107 @@ def test_progress_line_fits_the_terminal() -> None:
     assert progress.line(30) == "txportend: 0.0s, waiting u..."
     assert len(progress.line(30)) < 30
     w.interrupt(signal.SIGINT)
+
+
+# -- the quick look before Twisted ---------------------------------------------------
+
+
+def test_main_returns_none_when_already_occupied(listening: int) -> None:
+    """In-process: a target already there needs no reactor at all."""
+    assert cli.main([f"127.0.0.1:{listening}", "occupied", "-t", "5"]) is None
+
+
+def test_main_returns_none_when_already_free_with_json(
+    closed: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([f"0.0.0.0:{closed}", "free", "--json"]) is None
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (record["target"], record["state"]) == (f"0.0.0.0:{closed}", "free")
+
+
+def run_python(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=LIMIT
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+REACTOR_USED = """\
+import sys
+from txportend import cli
+try:
+    cli.main({args!r})
+except SystemExit:
+    pass
+print('twisted.internet.reactor' in sys.modules)
+"""
+
+
+def test_a_target_already_there_does_not_start_the_reactor(listening: int) -> None:
+    args = [f"127.0.0.1:{listening}", "occupied"]
+    assert run_python(REACTOR_USED.format(args=args)) == "False\n"
+
+
+def test_a_target_not_there_yet_is_waited_on_by_the_core(closed: int) -> None:
+    args = [f"127.0.0.1:{closed}", "occupied", "-t", "0", "-q"]
+    assert run_python(REACTOR_USED.format(args=args)) == "True\n"
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", ["127.0.0.1"]),
+        ("127.1.2.3", ["127.1.2.3"]),
+        ("0.0.0.0", ["127.0.0.1"]),
+        ("::1", ["::1"]),
+        ("::", ["::1"]),
+        ("0:0:0:0:0:0:0:1", ["0:0:0:0:0:0:0:1"]),
+        ("192.0.2.1", None),
+        ("2001:db8::1", None),
+        ("::ffff:127.0.0.1", None),
+        ("db.example", None),  # never looked up
+    ],
+)
+def test_only_loopback_targets_get_the_quick_look(
+    host: str, expected: list[str] | None
+) -> None:
+    assert cli._loopback_addresses(host, 80) == expected
+
+
+def test_localhost_gets_the_quick_look_when_it_is_loopback() -> None:
+    addresses = cli._loopback_addresses("localhost", 80)
+    if addresses is not None:
+        assert addresses
+        assert all(cli._is_loopback(a) for a in addresses)
+
+
+def test_main_does_not_run_inside_a_running_reactor(
+    closed: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    pytest-twisted runs the global reactor: main() refuses a wait there (the
+    core's Deferreds are the API for that) and changes nothing.
+    """
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    with pytest.raises(SystemExit) as raised:
+        cli.main([f"127.0.0.1:{closed}", "occupied", "-t", "0"])
+    assert raised.value.code == 3
+    line = one_error_line(capsys.readouterr().err)
+    assert "the reactor is already running" in line
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+
+
+def test_no_terminal_means_a_sigint_is_passed_on() -> None:
+    code = (
+        "import os; from txportend import cli; "
+        "print(cli._terminal_sent_it(os.getpid()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+    )
+    assert result.stdout == "False\n", result.stderr

@@ -51,17 +51,23 @@ When standard error is a terminal (and not ``--quiet``), a progress line there
 says which targets are still waited on and for how long; it is redrawn four
 times a second and erased at the end.
 
-Start-up time matters (this runs before services start), so this module
-imports Twisted, :mod:`json`, :mod:`signal` and :mod:`subprocess` only on the
-paths that need them.
+Start-up time matters (this runs before services start in scripts), so
+targets on loopback (address literals, bind addresses, ``localhost``) first
+get one quick, blocking look with :mod:`socket`: when every one of them is
+already in the wanted state, txportend is done without importing Twisted's
+reactor. Otherwise the Deferred core does the waiting. Twisted, :mod:`json`,
+:mod:`signal`, :mod:`subprocess` and the human-duration parser are imported
+only on the paths that need them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -74,6 +80,8 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from ._reactor import IPortendReactor
+
+__all__ = ["main"]
 
 PROG = "txportend"
 
@@ -243,7 +251,7 @@ def _parser() -> _Parser:
     return parser
 
 
-def parse(argv: Sequence[str]) -> _Options:
+def _parse(argv: Sequence[str]) -> _Options:
     """
     Parse a command line (without the program name).
 
@@ -518,37 +526,150 @@ class _Waits:
 
     def exit_code(self) -> int:
         """0 when every target reached the state, else as documented."""
-        if self.signal is not None:
-            return 128 + self.signal
-        return max((o.code for o in self.outcomes), default=EXIT_OK)
+        return _exit_code(self.outcomes, self.signal)
 
     def report(self, options: _Options) -> int:
-        """Say how the waits ended (stderr, and stdout for ``--json``)."""
-        code = self.exit_code()
-        lines = []
-        for outcome in self.outcomes:
-            if outcome.state == "timeout" and not options.quiet:
-                lines.append(str(outcome.message))
-            elif outcome.state == "error":
-                kind = "" if outcome.code == EXIT_FAILED else "unexpected error: "
-                lines.append(
-                    f"{PROG}: error: {outcome.target}: {kind}{outcome.message}"
-                )
-        if self.signal is not None and not options.quiet:
-            waiting = [o.target for o in self.outcomes if o.state == "interrupted"]
-            lines.append(
-                f"{PROG}: interrupted by {_signal_name(self.signal)}"
-                + (f" while waiting for {', '.join(waiting)}" if waiting else "")
-            )
-        for line in lines:
-            print(line, file=sys.stderr)
-        if options.json:
-            import json
+        """Say how the waits ended; return the exit code."""
+        return _report(self.outcomes, self.signal, options)
 
-            for outcome in self.outcomes:
-                print(json.dumps(outcome.as_json()))
-        sys.stdout.flush()
-        return code
+
+def _exit_code(outcomes: Sequence[_Outcome], signum: int | None) -> int:
+    if signum is not None:
+        return 128 + signum
+    return max((o.code for o in outcomes), default=EXIT_OK)
+
+
+def _report(outcomes: Sequence[_Outcome], signum: int | None, options: _Options) -> int:
+    """
+    Say how the waits ended: timeouts, errors and an interruption on stderr,
+    ``--json`` records on stdout. Return the exit code.
+    """
+    lines = []
+    for outcome in outcomes:
+        if outcome.state == "timeout" and not options.quiet:
+            lines.append(str(outcome.message))
+        elif outcome.state == "error":
+            kind = "" if outcome.code == EXIT_FAILED else "unexpected error: "
+            lines.append(f"{PROG}: error: {outcome.target}: {kind}{outcome.message}")
+    if signum is not None and not options.quiet:
+        waiting = [o.target for o in outcomes if o.state == "interrupted"]
+        lines.append(
+            f"{PROG}: interrupted by {_signal_name(signum)}"
+            + (f" while waiting for {', '.join(waiting)}" if waiting else "")
+        )
+    for line in lines:
+        print(line, file=sys.stderr)
+    if options.json:
+        import json
+
+        for outcome in outcomes:
+            print(json.dumps(outcome.as_json()))
+    sys.stdout.flush()
+    return _exit_code(outcomes, signum)
+
+
+def _already(options: _Options) -> list[_Outcome] | None:
+    """
+    One quick, blocking look at every target before Twisted is imported.
+
+    Start-up time matters most when the port is already in the wanted state
+    (a script checking a service that is up). This looks only at loopback
+    targets (address literals, bind addresses and ``localhost``), where a
+    connection is accepted or refused at once, and decides only when every
+    target is there: occupied when some address accepts a connection, free
+    when every address refuses one. In any other case it returns ``None`` and
+    the Deferred core does the waiting.
+    """
+    started = time.monotonic()
+    for _, host, port in options.targets:
+        addresses = _loopback_addresses(host, port)
+        if addresses is None:
+            return None
+        seen = [_connect_now(address, port) for address in addresses]
+        if options.want == "occupied":
+            there = "accepted" in seen
+        else:
+            there = all(outcome == "refused" for outcome in seen)
+        if not there:
+            return None
+    seconds = time.monotonic() - started
+    outcomes = []
+    for text, _, _ in options.targets:
+        outcome = _Outcome(text)
+        outcome.state = options.want
+        outcome.seconds = seconds
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _loopback_addresses(host: str, port: int) -> list[str] | None:
+    """
+    The addresses the core would probe for ``host``, if all are loopback
+    addresses; else ``None``. Only ``localhost`` is looked up (from the hosts
+    file, in practice: no network and no waiting).
+    """
+    import socket
+
+    from ._hostport import client_host
+
+    host = client_host(host)
+    if host == "localhost":
+        try:
+            found = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except OSError:
+            return None
+        addresses: list[str] = []
+        for family, _, _, _, address in found:
+            if family in (socket.AF_INET, socket.AF_INET6):
+                literal = str(address[0])
+                if literal not in addresses:
+                    addresses.append(literal)
+    else:
+        addresses = [host]
+    if addresses and all(_is_loopback(a) for a in addresses):
+        return addresses
+    return None
+
+
+def _is_loopback(address: str) -> bool:
+    import socket
+
+    try:
+        return socket.inet_pton(socket.AF_INET, address)[0] == 127
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, address)
+    except (OSError, ValueError):
+        return False
+    return packed == bytes(15) + b"\x01"
+
+
+def _connect_now(address: str, port: int) -> str:
+    """One blocking connection attempt: accepted, refused, or other."""
+    import errno
+    import socket
+    import struct
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        attempt = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        return "other"
+    with attempt:
+        attempt.settimeout(0.1)
+        try:
+            code = attempt.connect_ex((address, port))
+        except OSError:
+            return "other"
+        if code == 0:
+            # Close with a reset, as the core does: no TIME_WAIT left behind.
+            with contextlib.suppress(OSError):
+                attempt.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            return "accepted"
+        return "refused" if code == errno.ECONNREFUSED else "other"
 
 
 def _describe(error: BaseException | None) -> str:
@@ -579,10 +700,17 @@ def _react(start: Callable[[IReactorCore], Deferred[None]]) -> None:
     return once the Deferred it gives has fired; a failure is raised here
     (react would log it as a traceback).
     """
+    from twisted.internet import reactor as global_reactor
     from twisted.internet.defer import maybeDeferred
     from twisted.internet.task import react
     from twisted.logger import ILogObserver, globalLogBeginner
     from zope.interface import provider
+
+    if global_reactor.running:
+        raise RuntimeError(
+            "the reactor is already running: from Twisted code, use "
+            "txportend.occupied() or txportend.free()"
+        )
 
     @provider(ILogObserver)
     def discard(event: object) -> None:
@@ -702,7 +830,6 @@ def _run(command: Sequence[str]) -> int:
     Run ``command``, passing on SIGINT and SIGTERM, and return its exit code
     (the shell's 128 + N when signal N killed it).
     """
-    import contextlib
     import signal
     import subprocess
 
@@ -718,7 +845,8 @@ def _run(command: Sequence[str]) -> int:
             return
         if signum == signal.SIGINT and _terminal_sent_it(child.pid):
             return
-        with contextlib.suppress(OSError):  # it may have just exited
+        # It may have just exited; Windows can't send every signal.
+        with contextlib.suppress(OSError, ValueError):
             child.send_signal(signum)
 
     original = {signum: signal.signal(signum, forward) for signum in signals}
@@ -749,7 +877,7 @@ def _error(message: str) -> None:
 def _main(argv: Sequence[str]) -> int:
     try:
         try:
-            options = parse(argv)
+            options = _parse(argv)
         except _Exit as exit:
             return exit.code
         except _UsageError as error:
@@ -757,7 +885,15 @@ def _main(argv: Sequence[str]) -> int:
             return EXIT_USAGE
         if options.find:
             return _find()
-        code = _wait(options).report(options)
+        started = time.monotonic()
+        outcomes = _already(options)
+        if outcomes is not None:
+            code = _report(outcomes, None, options)
+        else:
+            if options.timeout is not None:  # the quick look counts
+                spent = time.monotonic() - started
+                options.timeout = max(options.timeout - spent, 0.0)
+            code = _wait(options).report(options)
         if code or options.command is None:
             return code
         return _run(options.command)
@@ -774,7 +910,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     Run the command line, portend's ``_main`` contract: return ``None`` on
     success, raise :class:`SystemExit` with the exit code otherwise.
 
-    A wait runs the global reactor, which can run only once in a process.
+    A wait runs the global reactor (which can run only once in a process, and
+    not from inside a running one) and begins Twisted's global logging with an
+    observer that discards events, as a command line owns its process.
 
     :param argv: the arguments, without the program name; ``sys.argv[1:]``
         by default.
