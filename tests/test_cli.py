@@ -968,3 +968,14 @@ def test_no_terminal_means_a_sigint_is_passed_on() -> None:
         timeout=LIMIT,
     )
     assert result.stdout == "False\n", result.stderr
+
+
+def test_a_crash_stops_every_wait_and_fails_the_result() -> None:
+    reactor, w = waits(["127.0.0.1:1", "127.0.0.1:2", "occupied"])
+    w.start()
+    w.crash(RuntimeError("bug"))
+    failure = w.result.result
+    assert isinstance(failure.value, RuntimeError)
+    w.result.addErrback(lambda _: None)
+    assert reactor.getDelayedCalls() == []
+    assert all(c.stoppedConnecting for c in reactor.connectors)

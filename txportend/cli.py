@@ -465,6 +465,15 @@ class _Waits:
             self._progress.start()
         self._check()
 
+    def crash(self, error: BaseException) -> None:
+        """Stop every wait and fail :attr:`result`: a bug, not an outcome."""
+        self._starting = True  # the cancellations must not fire the result
+        self._abort()
+        if self._progress is not None:
+            self._progress.stop()
+        if not self.result.called:
+            self.result.errback(error)
+
     def interrupt(self, signum: int) -> None:
         """Stop every wait still going because of signal ``signum``."""
         if self.result.called:
@@ -755,9 +764,13 @@ def _wait(options: _Options) -> _Waits:
 
         def begin() -> None:
             # After the reactor's own handlers, which would just stop it.
-            for signum in signals:
-                signal.signal(signum, interrupted)
-            waits.start()
+            with contextlib.suppress(ValueError):  # not the main thread
+                for signum in signals:
+                    signal.signal(signum, interrupted)
+            try:
+                waits.start()
+            except Exception as error:
+                waits.crash(error)
 
         def shutdown() -> None:
             # The reactor stops with waits still going: a signal reached the
@@ -773,8 +786,9 @@ def _wait(options: _Options) -> _Waits:
     try:
         _react(start)
     finally:
-        for signum, handler in original.items():
-            signal.signal(signum, handler)
+        with contextlib.suppress(ValueError):  # not the main thread
+            for signum, handler in original.items():
+                signal.signal(signum, handler)
     return made[0]
 
 
