@@ -278,6 +278,10 @@ def _parse(argv: Sequence[str]) -> _Options:
         )
     *names, want = words
     if want not in STATES:
+        if not names:  # one word: not even a target and a state
+            raise _UsageError(
+                f"expected HOST:PORT [HOST:PORT ...] occupied|free, not {want!r}"
+            )
         if ":" in want:
             raise _UsageError(
                 "missing state after the targets (expected 'occupied' or 'free')"
