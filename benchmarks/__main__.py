@@ -45,6 +45,8 @@ class Row:
 def _fmt(value: float | None, unit: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if value == math.inf:
+        return "not all"
     if unit == "ms":
         return f"{value * 1e3:.1f} ms"
     if unit == "us":
@@ -199,7 +201,14 @@ def _many(
         ok = [r.data for r in results if r.ok]
         if not ok:
             return None, None, None, 0
-        lat = max((d["latencies"][-1] if d["latencies"] else math.inf) for d in ok)
+        # A wait that never saw the port open has no latency: count it as
+        # infinite, so the row can't pass on the waits that did.
+        lat = max(
+            d["latencies"][-1]
+            if d["latencies"] and d["completed"] == d["n"]
+            else math.inf
+            for d in ok
+        )
         cpu = median([d["idle_cpu"] for d in ok])
         rss = max(d["peak_rss_mib"] for d in ok)
         done = min(d["completed"] for d in ok)
@@ -208,6 +217,13 @@ def _many(
     t_lat, t_cpu, t_rss, t_done = worst(txs)
     p_lat, p_cpu, p_rss, p_done = worst(pds) if pds else (None, None, None, 0)
     note = scaled or (txs[0].error if not txs[0].ok else "")
+    if not note and t_done < n:
+        failed = [r.data for r in txs if r.ok and r.data["completed"] < n]
+        first = failed[0]["errors"][0] if failed and failed[0]["errors"] else "?"
+        note = (
+            f"worst trial: {n - t_done} waits not detected within "
+            f"{params['detect_bound']:g} s of the opening ({first})"
+        )
     trials_note = f"worst of {trials}" if trials > 1 else ""
     rows = [
         Row(
