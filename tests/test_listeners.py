@@ -19,7 +19,7 @@ from txportend._listeners import (
     ListenWatcher,
     listening_ports,
 )
-from txportend._wait import PROBE_BUDGET, shared_for
+from txportend._wait import PROBE_BUDGET, PROBE_BURST, shared_for
 
 from .fakes import accept, attempts, memory_reactor, refuse
 
@@ -189,3 +189,38 @@ def test_remote_waits_do_not_subscribe() -> None:
     refuse(reactor)
     assert shared_for(reactor).watcher._count == 0
     d.cancel()
+
+
+def test_first_probes_beyond_the_burst_are_spread() -> None:
+    reactor = memory_reactor()
+    shared_for(reactor).watcher = ListenWatcher(reactor, read=lambda: None)
+    waits = [
+        txportend.occupied("127.0.0.1", 1 + n, timeout=60, reactor=reactor)
+        for n in range(PROBE_BURST + 3)
+    ]
+    assert len(attempts(reactor)) == PROBE_BURST
+    reactor.advance(1 / PROBE_BUDGET)
+    assert attempts(reactor)[-1] == ("127.0.0.1", PROBE_BURST + 1)
+    reactor.advance(2 / PROBE_BUDGET)
+    assert len(attempts(reactor)) == PROBE_BURST + 3
+    for d in waits:
+        d.cancel()
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_spread_first_probe_still_decides_a_zero_timeout() -> None:
+    reactor = memory_reactor()
+    shared_for(reactor).watcher = ListenWatcher(reactor, read=lambda: None)
+    crowd = [
+        txportend.occupied("127.0.0.1", 1 + n, reactor=reactor)
+        for n in range(PROBE_BURST)
+    ]
+    d = txportend.occupied("127.0.0.1", 9999, timeout=0, reactor=reactor)
+    assert ("127.0.0.1", 9999) not in attempts(reactor)
+    reactor.advance(0)
+    assert attempts(reactor)[-1] == ("127.0.0.1", 9999)
+    no_result(d)
+    accept(reactor)
+    success(d)
+    for w in crowd:
+        w.cancel()

@@ -111,3 +111,21 @@ def test_find_available_local_port_uses_listen_tcp_zero() -> None:
 def test_can_bind_refuses_empty_host(host: Any) -> None:
     with pytest.raises(ValueError, match="Host values"):
         txportend.can_bind(host, 80, reactor=memory_reactor())
+
+
+def test_cancel_after_the_connection_is_made_closes_it() -> None:
+    """A real connector raises NotConnectingError from stopConnecting once
+    connected; the canceller then disconnects instead of raising."""
+    reactor = memory_reactor()
+    d = txportend.probe("127.0.0.1", 22, reactor=reactor)
+    connector = reactor.connectors[0]
+    disconnected: list[bool] = []
+
+    def stop_connecting() -> None:
+        raise error.NotConnectingError()
+
+    connector.stopConnecting = stop_connecting
+    connector.disconnect = lambda: disconnected.append(True)
+    d.cancel()
+    failure(d, CancelledError)
+    assert disconnected == [True]

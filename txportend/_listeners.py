@@ -122,6 +122,7 @@ class ListenWatcher:
         self._subscribers: dict[int, dict[object, Callable[[bool], None]]] = {}
         self._count = 0
         self._last: frozenset[int] | None = None
+        self._fresh: set[int] = set()
         self._readings = 0
         self._call: IDelayedCall | None = None
         #: False once the table turned out to be unreadable here.
@@ -132,6 +133,7 @@ class ListenWatcher:
     ) -> None:
         """Call ``callback(listening)`` when ``port`` changes state."""
         self._subscribers.setdefault(port, {})[token] = callback
+        self._fresh.add(port)
         self._count += 1
         if self._call is None and self.available and self._count >= WATCH_THRESHOLD:
             self._readings = 0
@@ -150,6 +152,7 @@ class ListenWatcher:
                 self._call.cancel()
             self._call = None
             self._last = None
+            self._fresh = set()
 
     def _tick(self) -> None:
         self._call = None
@@ -161,11 +164,19 @@ class ListenWatcher:
             self._last = None
             return
         last, self._last = self._last, ports
-        for port, callbacks in list(self._subscribers.items()):
+        # Only the ports that changed, and those subscribed since the last
+        # reading: a reading costs the same with 10 waits or 10,000.
+        candidates: set[int]
+        if last is None:
+            candidates = set(self._subscribers)
+        else:
+            candidates = set((ports ^ last) & self._subscribers.keys())
+            candidates |= self._fresh
+        self._fresh = set()
+        for port in candidates:
             listening = port in ports
-            if last is None or (port in last) != listening:
-                for callback in list(callbacks.values()):
-                    callback(listening)
+            for callback in list(self._subscribers.get(port, {}).values()):
+                callback(listening)
         if self._count >= WATCH_THRESHOLD and self._call is None:
             pause = max(
                 min(default_interval(self._readings), WATCH_MAX_PAUSE),

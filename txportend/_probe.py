@@ -200,8 +200,13 @@ def connect_once(
     connector: IConnector | None = None
 
     def cancel(d: Deferred[Outcome]) -> None:
-        if connector is not None:
+        if connector is None:
+            return
+        try:
             connector.stopConnecting()
+        except error.NotConnectingError:
+            # Already connected: the probe is closing it; make sure.
+            connector.disconnect()
 
     result: Deferred[Outcome] = Deferred(cancel)
     connector = reactor.connectTCP(address, port, _ProbeFactory(result), timeout)
@@ -246,9 +251,13 @@ def probe(
     port = check_port(port)
     r = get_reactor(reactor)
     mapped = client_host(host)
-    resolved = resolve(r, mapped, port)
 
     def connect_all(addresses: list[str]) -> Deferred[ProbeResult]:
+        if len(addresses) == 1:  # the common case, without a DeferredList
+            (address,) = addresses
+            return connect_once(r, address, port, timeout).addCallback(
+                lambda outcome: ProbeResult(mapped, port, {address: outcome})
+            )
         attempts = [connect_once(r, a, port, timeout) for a in addresses]
         gathered: Deferred[list[Outcome]] = gatherResults(attempts, consumeErrors=True)
         return gathered.addCallbacks(
@@ -258,7 +267,9 @@ def probe(
             _first_error,
         )
 
-    return resolved.addCallback(connect_all)
+    if is_address(mapped):
+        return connect_all([mapped])
+    return resolve(r, mapped, port).addCallback(connect_all)
 
 
 class _NullFactory(ServerFactory):

@@ -37,6 +37,9 @@ FREE_PROBE_TIMEOUT = 0.1
 #: most, from their own schedules: with N waits at once, each pauses at
 #: least N / PROBE_BUDGET seconds between probes (about 10% of a core).
 PROBE_BUDGET = 1000.0
+#: How many waits may make their first probe at once; the first probes of
+#: the waits started beyond these are spread at PROBE_BUDGET a second.
+PROBE_BURST = 100
 
 
 class _Shared:
@@ -119,8 +122,19 @@ class _Wait:
         self._shared.active += 1
         if math.isfinite(self._timeout):
             self._deadline = self._reactor.callLater(self._timeout, self._expire)
-        self._probe()
+        if _all_loopback([client_host(self._host)]):
+            self._watch()
+        crowd = self._shared.active - PROBE_BURST
+        if crowd > 0:
+            self._next = self._reactor.callLater(crowd / PROBE_BUDGET, self._probe)
+        else:
+            self._probe()
         return self.result
+
+    def _watch(self) -> None:
+        if not self._watching:
+            self._watching = True
+            self._shared.watcher.subscribe(self._port, self, self._hint)
 
     def _timeout_error(self) -> Timeout:
         if self._want_occupied:
@@ -146,9 +160,8 @@ class _Wait:
         if result.accepted == self._want_occupied:
             self._finish(None)
             return
-        if not self._watching and _all_loopback(result.outcomes):
-            self._watching = True
-            self._shared.watcher.subscribe(self._port, self, self._hint)
+        if _all_loopback(result.outcomes):
+            self._watch()
         self._again()
 
     def _hint(self, listening: bool) -> None:
@@ -192,8 +205,13 @@ class _Wait:
     def _expire(self) -> None:
         self._deadline = None
         self._expired = True
-        if self._inflight is not None and self._completed == 0:
-            return  # let the first probe decide
+        if self._completed == 0:
+            # Let the first probe decide; start it now if it was spread.
+            if self._inflight is None:
+                if self._next is not None:
+                    self._next.cancel()
+                self._probe()
+            return
         self._finish(self._timeout_error())
 
     def _stop(self) -> None:
