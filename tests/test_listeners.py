@@ -224,3 +224,23 @@ def test_a_spread_first_probe_still_decides_a_zero_timeout() -> None:
     success(d)
     for w in crowd:
         w.cancel()
+
+
+def test_watcher_rides_out_a_passing_failure() -> None:
+    clock, table = Clock(), Table()
+    watcher = _watcher(clock, table)
+    seen: list[bool] = []
+    for n in range(WATCH_THRESHOLD):
+        watcher.subscribe(
+            1000 + n, n, lambda listening, n=n: n == 0 and seen.append(listening)
+        )
+    clock.advance(0)
+    table.available = False
+    clock.advance(WATCH_MAX_PAUSE)
+    assert watcher.available
+    table.available = True
+    table.ports.add(1000)
+    clock.advance(WATCH_MAX_PAUSE)
+    assert seen == [False, True]
+    for n in range(WATCH_THRESHOLD):
+        watcher.unsubscribe(1000 + n, n)

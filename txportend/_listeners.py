@@ -92,6 +92,8 @@ def listening_ports() -> frozenset[int] | None:
 #: Fewest local waits for which the watcher reads the table: below this,
 #: probing each wait is as cheap as reading the kernel's table.
 WATCH_THRESHOLD = 8
+#: Failed readings in a row after which the table counts as unreadable.
+WATCH_MAX_FAILURES = 5
 #: The most time between two readings while the watcher runs.
 WATCH_MAX_PAUSE = 0.02
 #: The watcher spends at most about 1/WATCH_COST_FACTOR of its time reading.
@@ -124,6 +126,8 @@ class ListenWatcher:
         self._last: frozenset[int] | None = None
         self._fresh: set[int] = set()
         self._readings = 0
+        self._failures = 0
+        self._ever_read = False
         self._call: IDelayedCall | None = None
         #: False once the table turned out to be unreadable here.
         self.available = True
@@ -154,15 +158,26 @@ class ListenWatcher:
             self._last = None
             self._fresh = set()
 
+    def listening(self, port: int) -> bool | None:
+        """What the latest reading said of ``port`` (``None``: no reading)."""
+        return None if self._last is None else port in self._last
+
     def _tick(self) -> None:
         self._call = None
         started = time.perf_counter()
         ports = self._read()
         cost = time.perf_counter() - started
         if ports is None:
-            self.available = False
-            self._last = None
+            self._failures += 1
+            if not self._ever_read or self._failures >= WATCH_MAX_FAILURES:
+                # Unreadable here: leave every wait to its own probing.
+                self.available = False
+                self._last = None
+                return
+            self._schedule(cost)  # a passing failure (a busy kernel): retry
             return
+        self._failures = 0
+        self._ever_read = True
         last, self._last = self._last, ports
         # Only the ports that changed, and those subscribed since the last
         # reading: a reading costs the same with 10 waits or 10,000.
@@ -177,6 +192,9 @@ class ListenWatcher:
             listening = port in ports
             for callback in list(self._subscribers.get(port, {}).values()):
                 callback(listening)
+        self._schedule(cost)
+
+    def _schedule(self, cost: float) -> None:
         if self._count >= WATCH_THRESHOLD and self._call is None:
             pause = max(
                 min(default_interval(self._readings), WATCH_MAX_PAUSE),

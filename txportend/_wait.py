@@ -198,8 +198,16 @@ class _Wait:
             self._hinted = False
             pause = 0.0
         else:
-            pause = max(self._policy(self._pauses), self._shared.active / PROBE_BUDGET)
+            pause = self._policy(self._pauses)
             self._pauses += 1
+            # The budget stretches the pause, unless the kernel's table says
+            # the port is already as wanted and the probe just missed it
+            # (a dropped SYN under load, say): then keep the plain pace.
+            if not (
+                self._watching
+                and self._shared.watcher.listening(self._port) == self._want_occupied
+            ):
+                pause = max(pause, self._shared.active / PROBE_BUDGET)
         self._next = self._reactor.callLater(pause, self._probe)
 
     def _expire(self) -> None:
