@@ -19,9 +19,9 @@ from txportend._listeners import (
     ListenWatcher,
     listening_ports,
 )
-from txportend._wait import PROBE_BUDGET, PROBE_BURST, shared_for
+from txportend._wait import PROBE_BUDGET, PROBE_BURST, WATCHED_PROBE_BUDGET, shared_for
 
-from .fakes import accept, attempts, memory_reactor, refuse
+from .fakes import accept, attempts, memory_reactor, refuse, time_out
 
 _tc = SynchronousTestCase()
 success = _tc.successResultOf
@@ -244,3 +244,53 @@ def test_watcher_rides_out_a_passing_failure() -> None:
     assert seen == [False, True]
     for n in range(WATCH_THRESHOLD):
         watcher.unsubscribe(1000 + n, n)
+
+
+def _next_probe_pauses(reactor: Any) -> list[float]:
+    now = reactor.seconds()
+    return sorted(
+        c.getTime() - now for c in reactor.getDelayedCalls() if c.getTime() - now < 60
+    )
+
+
+def test_watched_waits_probe_rarely_until_the_table_wakes_them() -> None:
+    table = Table()
+    reactor, waits = _many_waits(table, WATCH_THRESHOLD, interval=0)
+    reactor.advance(0)  # the watcher's first reading: nothing listens
+    for n in range(WATCH_THRESHOLD):
+        refuse(reactor, n)
+    pauses = _next_probe_pauses(reactor)
+    assert (
+        pauses[-WATCH_THRESHOLD:]
+        == [WATCH_THRESHOLD / WATCHED_PROBE_BUDGET] * WATCH_THRESHOLD
+    )
+    for d in waits:
+        d.cancel()
+
+
+def test_a_probe_that_misses_a_ready_port_retries_at_the_plain_pace() -> None:
+    """The table says listening but the confirming probe timed out (a SYN
+    dropped under load): no budget stretch for that wait."""
+    table = Table()
+    table.ports.add(1000)
+    reactor, waits = _many_waits(table, WATCH_THRESHOLD, interval=0)
+    for n in range(1, WATCH_THRESHOLD):
+        refuse(reactor, n)  # the others pause on the budget
+    reactor.advance(0)  # first reading: the wait on 1000 is woken mid-probe
+    time_out(reactor, 0)
+    reactor.advance(0)  # it probes again at once
+    time_out(reactor)  # and misses again
+    probe_1000 = waits_probe_of(reactor, 1000)
+    (call,) = [c for c in reactor.getDelayedCalls() if c.func == probe_1000]
+    assert call.getTime() == reactor.seconds()  # interval=0, not the budget's
+    others = _next_probe_pauses(reactor)
+    assert max(others) == WATCH_THRESHOLD / PROBE_BUDGET
+    for d in waits:
+        d.cancel()
+
+
+def waits_probe_of(reactor: Any, port: int) -> Any:
+    """The bound _probe method of the wait on ``port``."""
+    state = shared_for(reactor).watcher
+    (wait,) = state._subscribers[port].keys()
+    return wait._probe  # type: ignore[attr-defined]

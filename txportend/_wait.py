@@ -37,6 +37,9 @@ FREE_PROBE_TIMEOUT = 0.1
 #: most, from their own schedules: with N waits at once, each pauses at
 #: least N / PROBE_BUDGET seconds between probes (about 10% of a core).
 PROBE_BUDGET = 1000.0
+#: The same for waits that the kernel's listening table watches: it wakes
+#: them, so their own probes can be rarer.
+WATCHED_PROBE_BUDGET = 200.0
 #: How many waits may make their first probe at once; the first probes of
 #: the waits started beyond these are spread at PROBE_BUDGET a second.
 PROBE_BURST = 100
@@ -203,11 +206,14 @@ class _Wait:
             # The budget stretches the pause, unless the kernel's table says
             # the port is already as wanted and the probe just missed it
             # (a dropped SYN under load, say): then keep the plain pace.
-            if not (
-                self._watching
-                and self._shared.watcher.listening(self._port) == self._want_occupied
-            ):
+            watcher = self._shared.watcher
+            known = watcher.listening(self._port) if self._watching else None
+            if known is None:
                 pause = max(pause, self._shared.active / PROBE_BUDGET)
+            elif known != self._want_occupied:
+                # The table will wake this wait; probing is only the safety
+                # net for what the table can't see (another namespace, say).
+                pause = max(pause, self._shared.active / WATCHED_PROBE_BUDGET)
         self._next = self._reactor.callLater(pause, self._probe)
 
     def _expire(self) -> None:
