@@ -27,6 +27,9 @@ process), one probe after another, reporting user and system CPU per probe
 ``wait loop``
     ``txportend.occupied``/``free`` with ``interval=0``: the whole per-probe
     cost of a wait, ``callLater`` included (probes counted by the policy).
+    Where the core imposes a minimum pause (a per-reactor probe budget), the
+    wall time includes it and user + sys is the figure to read: the CPU of
+    a probe and of the reactor waking up for it.
 ``timer only``
     A ``callLater(0)`` chain doing nothing: the reactor's cost per wake-up.
 """
