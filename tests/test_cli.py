@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from txportend import cli
+from txportend._hostport import is_loopback
 
 from .fakes import accept, memory_reactor, refuse
 
@@ -938,7 +939,7 @@ def test_localhost_gets_the_quick_look_when_it_is_loopback() -> None:
     addresses = cli._loopback_addresses("localhost", 80)
     if addresses is not None:
         assert addresses
-        assert all(cli._is_loopback(a) for a in addresses)
+        assert all(map(is_loopback, addresses))
 
 
 def test_main_does_not_run_inside_a_running_reactor(

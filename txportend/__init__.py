@@ -4,19 +4,66 @@ txportend: wait for TCP ports to be occupied or free, the Twisted way.
 Every function here returns a :class:`~twisted.internet.defer.Deferred` and
 takes an optional ``reactor``; see :mod:`txportend.blocking` for the
 portend-compatible blocking API.
+
+The names that need Twisted are imported on first use (PEP 562), so that
+``python -m txportend`` can answer without importing Twisted when it doesn't
+have to.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._errors import HostNotFound, PortNotFree, Timeout
 from ._hostport import HostPort, client_host
-from ._probe import Outcome, ProbeResult, can_bind, find_available_local_port, probe
-from ._schedule import default_interval
 from ._version import __version__
-from ._wait import Checker, assert_free, free, occupied
+
+if TYPE_CHECKING:
+    from ._probe import (
+        Outcome,
+        ProbeResult,
+        can_bind,
+        find_available_local_port,
+        probe,
+    )
+    from ._reactor import IPortendReactor
+    from ._schedule import default_interval
+    from ._wait import Checker, assert_free, free, occupied
+
+_LAZY = {
+    "Outcome": "._probe",
+    "ProbeResult": "._probe",
+    "can_bind": "._probe",
+    "find_available_local_port": "._probe",
+    "probe": "._probe",
+    "IPortendReactor": "._reactor",
+    "default_interval": "._schedule",
+    "Checker": "._wait",
+    "assert_free": "._wait",
+    "free": "._wait",
+    "occupied": "._wait",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Checker",
     "HostNotFound",
     "HostPort",
+    "IPortendReactor",
     "Outcome",
     "PortNotFree",
     "ProbeResult",

@@ -32,3 +32,9 @@ class HostNotFound(socket.gaierror):
     A subclass of :class:`socket.gaierror`, which is what portend lets
     through in the same case, so code that catches that keeps working.
     """
+
+
+for _exception in (Timeout, PortNotFree, HostNotFound):
+    # Tracebacks and doctests name them as users import them.
+    _exception.__module__ = "txportend"
+del _exception

@@ -44,6 +44,21 @@ def client_host(server_host: str) -> str:
     return server_host
 
 
+def is_loopback(address: str) -> bool:
+    """
+    Whether ``address`` is an IPv4 or IPv6 loopback address literal.
+
+    >>> [is_loopback(a) for a in ('127.0.0.1', '127.1.2.3', '::1', '10.0.0.1', 'db')]
+    [True, True, True, False, False]
+    """
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 class HostPort(str):
     """
     A simple representation of a host/port pair as a string.

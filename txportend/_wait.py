@@ -5,10 +5,9 @@ overall timeout and cancellation; and the one-shot ``assert_free`` check.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -20,6 +19,7 @@ from ._hostport import (
     check_host,
     check_port,
     client_host,
+    is_loopback,
     timeout_seconds,
 )
 from ._listeners import ListenWatcher
@@ -64,13 +64,6 @@ def shared_for(reactor: IPortendReactor) -> _Shared:
     if state is None:
         state = _shared[reactor] = _Shared(reactor)
     return state
-
-
-def _all_loopback(addresses: Iterable[str]) -> bool:
-    try:
-        return all(ipaddress.ip_address(a).is_loopback for a in addresses)
-    except ValueError:
-        return False
 
 
 class _Wait:
@@ -125,7 +118,7 @@ class _Wait:
         self._shared.active += 1
         if math.isfinite(self._timeout):
             self._deadline = self._reactor.callLater(self._timeout, self._expire)
-        if _all_loopback([client_host(self._host)]):
+        if is_loopback(client_host(self._host)):
             self._watch()
         crowd = self._shared.active - PROBE_BURST
         if crowd > 0:
@@ -163,7 +156,7 @@ class _Wait:
         if result.accepted == self._want_occupied:
             self._finish(None)
             return
-        if _all_loopback(result.outcomes):
+        if all(map(is_loopback, result.outcomes)):
             self._watch()
         self._again()
 

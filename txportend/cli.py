@@ -623,7 +623,7 @@ def _loopback_addresses(host: str, port: int) -> list[str] | None:
     """
     import socket
 
-    from ._hostport import client_host
+    from ._hostport import client_host, is_loopback
 
     host = client_host(host)
     if host == "localhost":
@@ -639,23 +639,9 @@ def _loopback_addresses(host: str, port: int) -> list[str] | None:
                     addresses.append(literal)
     else:
         addresses = [host]
-    if addresses and all(_is_loopback(a) for a in addresses):
+    if addresses and all(map(is_loopback, addresses)):
         return addresses
     return None
-
-
-def _is_loopback(address: str) -> bool:
-    import socket
-
-    try:
-        return socket.inet_pton(socket.AF_INET, address)[0] == 127
-    except OSError:
-        pass
-    try:
-        packed = socket.inet_pton(socket.AF_INET6, address)
-    except (OSError, ValueError):
-        return False
-    return packed == bytes(15) + b"\x01"
 
 
 def _connect_now(address: str, port: int) -> str:
