@@ -59,15 +59,12 @@ autodoc_preserve_defaults = True
 
 # -- intersphinx ---------------------------------------------------------------
 #
-# Each project is tried at its real URL first (and Sphinx caches what it
-# fetched). Where that fails, on a machine without network access, Sphinx falls
-# back to a small inventory compiled from _inventories/<name>.txt: a plain-text
-# list of just the names these docs refer to, each with its real location in
-# that project's documentation, so the links in the built pages are the same
-# either way. A failure that has a working alternative is only logged, so
-# ``-W`` builds pass offline; a reference to a name missing from the fallback
-# list fails the offline build (nitpicky), which is how the list is kept
-# complete. To add a name, copy its line from
+# The build sends nothing over the network: each project's inventory is
+# compiled from _inventories/<name>.txt, a plain-text list of just the names
+# these docs refer to, each with its real location in that project's
+# documentation, so the links in the built pages are the real ones. A
+# reference to a name missing from the list fails the build (nitpicky), which
+# is how the list is kept complete. To add a name, copy its line from
 # ``python -m sphinx.ext.intersphinx <url>/objects.inv``.
 
 intersphinx_mapping: dict[str, tuple[str, Any]] = {
@@ -112,7 +109,9 @@ def add_fallback_inventories(app: Any, config: Any) -> None:
             continue
         target = Path(app.doctreedir) / "_inventories" / f"{name}.inv"
         compile_inventory(source, target, name)
-        config.intersphinx_mapping[name] = (url, (None, str(target)))
+        # Only the local inventory: the build sends nothing over the network
+        # (CI and the docs' own examples stay on loopback).
+        config.intersphinx_mapping[name] = (url, str(target))
 
 
 # -- the API reference stays complete -------------------------------------------

@@ -63,7 +63,6 @@ __all__ = [
     "Checker",
     "HostNotFound",
     "HostPort",
-    "IPortendReactor",
     "Outcome",
     "PortNotFree",
     "ProbeResult",
