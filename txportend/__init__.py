@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         find_available_local_port,
         probe,
     )
-    from ._reactor import IPortendReactor
+    from ._reactor import IPortendReactor as IPortendReactor
     from ._schedule import default_interval
     from ._wait import Checker, assert_free, free, occupied
 
