@@ -10,6 +10,7 @@ import pytest
 from twisted.internet import error
 from twisted.internet.defer import CancelledError
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 import txportend
@@ -25,7 +26,7 @@ failure = _tc.failureResultOf
 def test_probe_reports_each_address() -> None:
     reactor = memory_reactor({"multi": ["127.0.0.1", "::1", "127.0.0.2", "127.0.0.3"]})
     d = txportend.probe("multi", 443, timeout=2.5, reactor=reactor)
-    assert [c[3] for c in reactor.tcpClients] == [2.5] * 4
+    assert [c[2].timeout for c in reactor.tcpClients] == [2.5] * 4
     accept(reactor, 0)
     refuse(reactor, 1)
     time_out(reactor, 2)
@@ -129,3 +130,41 @@ def test_cancel_after_the_connection_is_made_closes_it() -> None:
     d.cancel()
     failure(d, CancelledError)
     assert disconnected == [True]
+
+
+def _timer_fires(reactor: Any) -> None:
+    """The probe's handshake timer fires, as a real reactor runs it: in
+    runUntilCurrent, before the poll that reads socket events. (A Clock's
+    advance() would also run the call it schedules for the next turn.)"""
+    (timer,) = reactor.getDelayedCalls()
+    reactor.calls.remove(timer)
+    timer.func(*timer.args, **timer.kw)
+
+
+def test_handshake_timeout_gives_io_one_more_turn() -> None:
+    """When the probe's timer fires, one more reactor turn passes before the
+    attempt is stopped and counted as timed out."""
+    reactor = memory_reactor()
+    d = txportend.probe("127.0.0.1", 22, timeout=1.0, reactor=reactor)
+    _timer_fires(reactor)
+    assert not reactor.connectors[0].stoppedConnecting
+    _tc.assertNoResult(d)
+    reactor.advance(0)  # the next turn
+    assert reactor.connectors[0].stoppedConnecting
+    factory, connector = reactor.tcpClients[0][2], reactor.connectors[0]
+    factory.clientConnectionFailed(connector, Failure(error.UserError()))
+    assert success(d).outcomes == {"127.0.0.1": Outcome.TIMED_OUT}
+    assert reactor.getDelayedCalls() == []
+
+
+def test_an_answer_read_in_that_turn_wins_over_the_timeout() -> None:
+    """Under load the timer can fire before the reactor reads an answer the
+    kernel already has; that answer is what the probe reports."""
+    reactor = memory_reactor()
+    d = txportend.probe("127.0.0.1", 22, timeout=1.0, reactor=reactor)
+    _timer_fires(reactor)
+    accept(reactor)  # read by the poll in that turn
+    assert success(d).outcomes == {"127.0.0.1": Outcome.ACCEPTED}
+    assert reactor.getDelayedCalls() == []
+    reactor.advance(0)
+    assert not reactor.connectors[0].stoppedConnecting

@@ -131,7 +131,9 @@ def test_no_timeout_waits_forever(timeout: object) -> None:
         refuse(reactor)
         reactor.advance(60)
     no_result(d)
-    assert len(reactor.getDelayedCalls()) == 0  # a probe in flight, no timer
+    # A probe in flight and its handshake timer; no deadline.
+    (timer,) = reactor.getDelayedCalls()
+    assert timer.getTime() - reactor.seconds() == OCCUPIED_PROBE_TIMEOUT
     d.cancel()
     failure(d, CancelledError)
 
@@ -308,7 +310,7 @@ def test_probe_timeouts_follow_portend() -> None:
     txportend.occupied("127.0.0.1", 80, reactor=reactor).cancel()
     txportend.free("127.0.0.1", 80, reactor=reactor).cancel()
     txportend.Checker(timeout=3).assert_free("127.0.0.1", 80)
-    timeouts = [client[3] for client in reactor.tcpClients[:2]]
+    timeouts = [client[2].timeout for client in reactor.tcpClients[:2]]
     assert timeouts == [OCCUPIED_PROBE_TIMEOUT, FREE_PROBE_TIMEOUT]
 
 
@@ -328,14 +330,14 @@ def test_assert_free_counts_anything_but_accept_as_free(outcome: object) -> None
     d = txportend.Checker(reactor=reactor).assert_free("127.0.0.1", 8080)
     outcome(reactor)  # type: ignore[operator]
     assert success(d) is None
-    assert reactor.tcpClients[0][3] == 1.0
+    assert reactor.tcpClients[0][2].timeout == 1.0
 
 
 def test_assert_free_accepts_an_address_tuple() -> None:
     reactor = memory_reactor()
     d = txportend.Checker(timeout=0.2, reactor=reactor).assert_free(("::1", 8080, 0, 0))
     assert attempts(reactor) == [("::1", 8080)]
-    assert reactor.tcpClients[0][3] == 0.2
+    assert reactor.tcpClients[0][2].timeout == 0.2
     refuse(reactor)
     success(d)
 

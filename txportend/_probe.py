@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
+    IDelayedCall,
     IHostResolution,
     IResolutionReceiver,
 )
@@ -156,17 +157,66 @@ class _ProbeProtocol(Protocol):
 
 
 class _ProbeFactory(ClientFactory):
-    """Fires ``result`` with the :class:`Outcome` of one connection attempt."""
+    """
+    One connection attempt: fires ``result`` with its :class:`Outcome`.
+
+    The handshake timeout is this factory's own timer, not ``connectTCP``'s:
+    a reactor runs its timed calls before it polls, so under load a timer can
+    fire while the kernel's answer (accepted or refused) waits unread. When
+    the timer fires, the attempt gets one more reactor turn, in which that
+    answer is read, before it counts as timed out.
+    """
 
     noisy = False
 
-    def __init__(self, result: Deferred[Outcome]) -> None:
-        self.result = result
+    def __init__(self, reactor: IPortendReactor, timeout: float) -> None:
+        self.result: Deferred[Outcome] = Deferred(self._cancel)
+        self.timeout = timeout
+        self._reactor = reactor
+        self._connector: IConnector | None = None
+        self._giving_up = False
+        self._timer: IDelayedCall | None = reactor.callLater(timeout, self._expire)
+
+    def connect(self, address: str, port: int) -> Deferred[Outcome]:
+        self._connector = self._reactor.connectTCP(
+            address,
+            port,
+            self,
+            None,  # type: ignore[arg-type]  # no timeout: ours is above
+        )
+        return self.result
 
     def buildProtocol(self, addr: IAddress | None) -> _ProbeProtocol:
         return _ProbeProtocol()
 
+    def _expire(self) -> None:
+        self._timer = self._reactor.callLater(0, self._give_up)
+
+    def _give_up(self) -> None:
+        self._timer = None
+        self._giving_up = True
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._connector is None:
+            return
+        try:
+            self._connector.stopConnecting()
+        except error.NotConnectingError:
+            # Already connected: the probe is closing it; make sure.
+            self._connector.disconnect()
+
+    def _cancel(self, d: Deferred[Outcome]) -> None:
+        self._stop_timer()
+        self._stop()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
     def _fire(self, outcome: Outcome) -> None:
+        self._stop_timer()
         if not self.result.called:
             self.result.callback(outcome)
 
@@ -176,8 +226,11 @@ class _ProbeFactory(ClientFactory):
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         if type(reason.value) is error.UserError:
-            # stopConnecting() from our canceller: the Deferred is cancelled.
-            # (Exactly UserError: TimeoutError is a subclass of it.)
+            # stopConnecting(): our own timeout, or our canceller (then the
+            # Deferred is cancelled already). Exactly UserError: TimeoutError
+            # is a subclass of it.
+            if self._giving_up:
+                self._fire(Outcome.TIMED_OUT)
             return
         if isinstance(reason.value, error.ConnectionRefusedError):
             self._fire(Outcome.REFUSED)
@@ -197,20 +250,7 @@ def connect_once(
     :return: a Deferred firing with the :class:`Outcome`; cancelling it stops
         the attempt and closes the socket.
     """
-    connector: IConnector | None = None
-
-    def cancel(d: Deferred[Outcome]) -> None:
-        if connector is None:
-            return
-        try:
-            connector.stopConnecting()
-        except error.NotConnectingError:
-            # Already connected: the probe is closing it; make sure.
-            connector.disconnect()
-
-    result: Deferred[Outcome] = Deferred(cancel)
-    connector = reactor.connectTCP(address, port, _ProbeFactory(result), timeout)
-    return result
+    return _ProbeFactory(reactor, timeout).connect(address, port)
 
 
 def _first_error(failure: Failure) -> Failure:
