@@ -1,0 +1,185 @@
+"""
+The probe's own non-blocking connect() on Twisted's POSIX reactors
+(``_SocketAttempt``): real loopback sockets for the kernel's answers, a
+Clock with a recorded ``addWriter`` for the reactor, and a scripted socket for
+what loopback can't show (a handshake that never answers).
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txportend import Outcome
+from txportend._probe import _SocketAttempt
+
+_tc = SynchronousTestCase()
+success = _tc.successResultOf
+failure = _tc.failureResultOf
+
+
+class FDClock(Clock):
+    """A Clock that records the descriptors it is asked to watch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: set[Any] = set()
+
+    def addWriter(self, writer: Any) -> None:
+        self.writers.add(writer)
+
+    def removeWriter(self, writer: Any) -> None:
+        self.writers.discard(writer)
+
+
+def _settle(clock: FDClock) -> None:
+    """Play the reactor: hand each writable descriptor to doWrite (bounded)."""
+    for _ in range(100):
+        if not clock.writers:
+            return
+        ready = select.select([], list(clock.writers), [], 0.05)[1]
+        for writer in ready:
+            writer.doWrite()
+    raise AssertionError("the connection attempt never finished")
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s
+
+
+def test_refused(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    listener.close()
+    clock = FDClock()
+    d = _SocketAttempt(clock, 1.0).connect("127.0.0.1", port)
+    _settle(clock)
+    assert success(d) is Outcome.REFUSED
+    assert clock.writers == set()
+    assert clock.getDelayedCalls() == []
+
+
+def test_accepted_and_reset(listener: socket.socket) -> None:
+    clock = FDClock()
+    d = _SocketAttempt(clock, 1.0).connect("127.0.0.1", listener.getsockname()[1])
+    _settle(clock)
+    assert success(d) is Outcome.ACCEPTED
+    assert clock.writers == set()
+    assert clock.getDelayedCalls() == []
+    listener.settimeout(5)
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(5)
+        try:
+            data = conn.recv(1)
+        except ConnectionResetError:
+            data = b""
+        assert data == b""  # closed at once, nothing sent
+
+
+class ScriptedSocket:
+    """Stands in for a socket whose handshake is still in flight."""
+
+    def __init__(self, so_error: int = 0, connected: bool = False) -> None:
+        self.so_error = so_error
+        self.connected = connected
+        self.closed = False
+        self.options: list[tuple[int, int, object]] = []
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def connect_ex(self, address: object) -> int:
+        return errno.EINPROGRESS
+
+    def fileno(self) -> int:
+        return 99
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return self.so_error
+
+    def setsockopt(self, level: int, option: int, value: object) -> None:
+        self.options.append((level, option, value))
+
+    def getpeername(self) -> tuple[str, int]:
+        if not self.connected:
+            raise OSError(errno.ENOTCONN, "not connected")
+        return ("127.0.0.1", 1)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _scripted(sock: ScriptedSocket, timeout: float = 1.0) -> tuple[FDClock, Any]:
+    clock = FDClock()
+    attempt = _SocketAttempt(clock, timeout, make_socket=lambda family: sock)  # type: ignore[arg-type,return-value]
+    return clock, attempt
+
+
+def test_no_answer_by_the_deadline_is_a_timeout() -> None:
+    sock = ScriptedSocket()
+    clock, attempt = _scripted(sock)
+    d = attempt.connect("127.0.0.1", 1)
+    assert clock.writers == {attempt}
+    clock.advance(1.0)
+    assert success(d) is Outcome.TIMED_OUT
+    assert sock.closed
+    assert clock.writers == set()
+
+
+def test_an_unread_answer_at_the_deadline_wins() -> None:
+    """Under load the timer can run before the reactor reads the socket:
+    the socket is asked, and its answer is what the probe reports."""
+    sock = ScriptedSocket(connected=True)
+    clock, attempt = _scripted(sock)
+    d = attempt.connect("127.0.0.1", 1)
+    clock.advance(1.0)
+    assert success(d) is Outcome.ACCEPTED
+    assert sock.options  # SO_LINGER 0: closed with a reset
+    sock = ScriptedSocket(so_error=errno.ECONNREFUSED)
+    clock, attempt = _scripted(sock)
+    d = attempt.connect("127.0.0.1", 1)
+    clock.advance(1.0)
+    assert success(d) is Outcome.REFUSED
+
+
+def test_a_hang_up_reads_the_answer_from_the_socket() -> None:
+    """epoll reports a refused connect() as a hang-up (connectionLost)."""
+    sock = ScriptedSocket(so_error=errno.ECONNREFUSED)
+    clock, attempt = _scripted(sock)
+    d = attempt.connect("127.0.0.1", 1)
+    attempt.connectionLost(None)
+    assert success(d) is Outcome.REFUSED
+    assert clock.getDelayedCalls() == []
+
+
+def test_cancel_closes_the_socket() -> None:
+    sock = ScriptedSocket()
+    clock, attempt = _scripted(sock)
+    d = attempt.connect("127.0.0.1", 1)
+    d.cancel()
+    failure(d, CancelledError)
+    assert sock.closed
+    assert clock.writers == set()
+    assert clock.getDelayedCalls() == []
+
+
+def test_no_socket_to_be_had_is_unreachable() -> None:
+    def no_socket(family: int) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    clock = FDClock()
+    d = _SocketAttempt(clock, 1.0, make_socket=no_socket).connect("127.0.0.1", 1)
+    assert success(d) is Outcome.UNREACHABLE
+    assert clock.getDelayedCalls() == []
