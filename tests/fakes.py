@@ -5,6 +5,7 @@ that play the network's part for the connection attempts it records.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,3 +110,13 @@ def accept(reactor: Any, index: int = -1) -> StringTransport:
     protocol.makeConnection(transport)
     factory.clientConnectionLost(connector, Failure(error.ConnectionAborted()))
     return transport
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can bind ::1 (some containers can't)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False

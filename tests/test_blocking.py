@@ -34,17 +34,9 @@ import pytest_twisted
 import txportend
 import txportend.blocking as blocking
 
+from .fakes import has_ipv6_loopback
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1")
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1")
 loopback = pytest.mark.parametrize(
     "host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)]
 )

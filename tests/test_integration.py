@@ -18,16 +18,9 @@ from twisted.internet.task import deferLater
 
 import txportend
 
+from .fakes import has_ipv6_loopback
+
 LOOPBACKS = ["127.0.0.1", "::1"]
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 loopback = pytest.mark.parametrize(
@@ -36,7 +29,7 @@ loopback = pytest.mark.parametrize(
         "127.0.0.1",
         pytest.param(
             "::1",
-            marks=pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1"),
+            marks=pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1"),
         ),
     ],
 )
