@@ -141,27 +141,47 @@ def test_no_answer_by_the_deadline_is_a_timeout() -> None:
 def test_an_unread_answer_at_the_deadline_wins() -> None:
     """Under load the timer can run before the reactor reads the socket:
     the socket is asked, and its answer is what the probe reports."""
-    sock = ScriptedSocket(connected=True)
+    sock = ScriptedSocket()
     clock, attempt = _scripted(sock)
     d = attempt.connect("127.0.0.1", 1)
+    sock.connected = True  # the handshake completed, unread
     clock.advance(1.0)
     assert success(d) is Outcome.ACCEPTED
     assert sock.options  # SO_LINGER 0: closed with a reset
-    sock = ScriptedSocket(so_error=errno.ECONNREFUSED)
+    sock = ScriptedSocket()
     clock, attempt = _scripted(sock)
     d = attempt.connect("127.0.0.1", 1)
+    sock.so_error = errno.ECONNREFUSED
     clock.advance(1.0)
     assert success(d) is Outcome.REFUSED
 
 
 def test_a_hang_up_reads_the_answer_from_the_socket() -> None:
     """epoll reports a refused connect() as a hang-up (connectionLost)."""
-    sock = ScriptedSocket(so_error=errno.ECONNREFUSED)
+    sock = ScriptedSocket()
     clock, attempt = _scripted(sock)
     d = attempt.connect("127.0.0.1", 1)
+    sock.so_error = errno.ECONNREFUSED
     attempt.connectionLost(None)
     assert success(d) is Outcome.REFUSED
     assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(
+    ("so_error", "connected", "outcome"),
+    [(errno.ECONNREFUSED, False, Outcome.REFUSED), (0, True, Outcome.ACCEPTED)],
+)
+def test_an_answer_known_at_connect_needs_no_reactor(
+    so_error: int, connected: bool, outcome: Outcome
+) -> None:
+    """On loopback the kernel often answers within connect(): no addWriter,
+    no timer."""
+    sock = ScriptedSocket(so_error=so_error, connected=connected)
+    clock, attempt = _scripted(sock)
+    assert success(attempt.connect("127.0.0.1", 1)) is outcome
+    assert clock.writers == set()
+    assert clock.getDelayedCalls() == []
+    assert sock.closed
 
 
 def test_cancel_closes_the_socket() -> None:

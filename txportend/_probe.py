@@ -275,6 +275,18 @@ def _sockaddr(address: str, port: int) -> tuple[object, ...]:
     return (address, port, 0, 0)
 
 
+def _answer_of(sock: socket.socket, unconnected: int) -> int:
+    """A non-blocking connect()'s errno so far: 0 when connected, the error
+    when it failed, ``unconnected`` while there is no answer yet."""
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code == 0:
+        try:
+            sock.getpeername()
+        except OSError:
+            return unconnected
+    return code
+
+
 @implementer(IWriteDescriptor)
 class _SocketAttempt:
     """
@@ -312,7 +324,10 @@ class _SocketAttempt:
             # No socket to be had (EMFILE, say), or no such address family.
             self.result.callback(Outcome.UNREACHABLE)
             return self.result
-        if code not in _IN_PROGRESS:
+        if code in _IN_PROGRESS:
+            # On loopback the kernel usually knows the answer already.
+            code = _answer_of(sock, unconnected=errno.EINPROGRESS)
+        if code != errno.EINPROGRESS:
             _close_socket(sock, code == 0)
             self.result.callback(_outcome_of(code))
             return self.result
@@ -343,18 +358,9 @@ class _SocketAttempt:
         self._finish(self._answer(unconnected=errno.ETIMEDOUT))
 
     def _answer(self, unconnected: int) -> int:
-        """connect()'s errno: 0 when connected, ``unconnected`` when there is
-        no answer yet."""
-        sock = self._sock
-        if sock is None:
+        if self._sock is None:
             return unconnected
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code == 0:
-            try:
-                sock.getpeername()
-            except OSError:
-                return unconnected
-        return code
+        return _answer_of(self._sock, unconnected)
 
     def _release(self) -> socket.socket | None:
         sock, self._sock = self._sock, None
