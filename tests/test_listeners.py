@@ -294,3 +294,20 @@ def waits_probe_of(reactor: Any, port: int) -> Any:
     state = shared_for(reactor).watcher
     (wait,) = state._subscribers[port].keys()
     return wait._probe  # type: ignore[attr-defined]
+
+
+def test_shared_state_does_not_keep_a_reactor_alive() -> None:
+    import gc
+    import weakref
+
+    from txportend._wait import _shared
+
+    reactor = memory_reactor()
+    d = txportend.occupied("127.0.0.1", 80, reactor=reactor)
+    d.cancel()
+    d.addErrback(lambda failure: None)
+    gone = weakref.ref(reactor)
+    assert reactor in _shared
+    del reactor, d
+    gc.collect()
+    assert gone() is None

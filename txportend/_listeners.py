@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -119,7 +120,9 @@ class ListenWatcher:
         reactor: IReactorTime,
         read: Callable[[], frozenset[int] | None] = listening_ports,
     ) -> None:
-        self._reactor = reactor
+        # Weakly: the per-reactor registry that holds this watcher must not
+        # keep its reactor alive.
+        self._reactor = weakref.ref(reactor)
         self._read = read
         self._subscribers: dict[int, dict[object, Callable[[bool], None]]] = {}
         self._count = 0
@@ -141,7 +144,7 @@ class ListenWatcher:
         self._count += 1
         if self._call is None and self.available and self._count >= WATCH_THRESHOLD:
             self._readings = 0
-            self._call = self._reactor.callLater(0, self._tick)
+            self._call = self._call_later(0)
 
     def unsubscribe(self, port: int, token: object) -> None:
         """Forget a subscription made with :meth:`subscribe`."""
@@ -157,6 +160,10 @@ class ListenWatcher:
             self._call = None
             self._last = None
             self._fresh = set()
+
+    def _call_later(self, delay: float) -> IDelayedCall | None:
+        reactor = self._reactor()
+        return None if reactor is None else reactor.callLater(delay, self._tick)
 
     def listening(self, port: int) -> bool | None:
         """What the latest reading said of ``port`` (``None``: no reading)."""
@@ -201,4 +208,4 @@ class ListenWatcher:
                 cost * WATCH_COST_FACTOR,
             )
             self._readings += 1
-            self._call = self._reactor.callLater(pause, self._tick)
+            self._call = self._call_later(pause)
