@@ -732,13 +732,13 @@ def test_waits_succeed_once_every_target_is_there() -> None:
     assert len(reactor.tcpClients) == 2
     accept(reactor, 0)
     assert not w.result.called
-    reactor.advance(0.5)
+    reactor.advance(0.25)  # within the probe's 0.5 s handshake timeout
     accept(reactor, 1)
     assert w.result.called
     assert w.exit_code() == 0
     assert [(o.state, o.seconds) for o in w.outcomes] == [
         ("occupied", 0.0),
-        ("occupied", 0.5),
+        ("occupied", 0.25),
     ]
     assert reactor.getDelayedCalls() == []
 
@@ -840,8 +840,10 @@ def test_progress_line_is_redrawn_and_erased() -> None:
     assert stream.getvalue() == (
         "\r\x1b[Ktxportend: 0.2s/30s, waiting until occupied: 127.0.0.1:1"
     )
-    reactor.advance(1.0)
-    accept(reactor, 0)
+    reactor.advance(1.0)  # the first probe of :1 timed out meanwhile
+    reactor.advance(0.01)  # and the next one starts
+    assert reactor.tcpClients[-1][:2] == ("127.0.0.1", 1)
+    accept(reactor, -1)
     assert w.result.called
     assert stream.getvalue().endswith("waiting until occupied: 127.0.0.1:1\r\x1b[K")
     assert reactor.getDelayedCalls() == []

@@ -195,11 +195,61 @@ def test_cancel_closes_the_socket() -> None:
     assert clock.getDelayedCalls() == []
 
 
-def test_no_socket_to_be_had_is_unreachable() -> None:
+def test_no_socket_to_be_had_is_an_error_not_an_answer() -> None:
+    """Out of file descriptors says nothing about the port: the probe fails
+    with the error, rather than let a wait call a listening port free."""
+
     def no_socket(family: int) -> socket.socket:
         raise OSError(errno.EMFILE, "Too many open files")
 
     clock = FDClock()
     d = _SocketAttempt(clock, 1.0, make_socket=no_socket).connect("127.0.0.1", 1)
-    assert success(d) is Outcome.UNREACHABLE
+    assert failure(d, OSError).value.errno == errno.EMFILE
     assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("code", [errno.EADDRNOTAVAIL, errno.EAGAIN])
+def test_no_local_port_left_is_an_error_not_an_answer(code: int) -> None:
+    sock = ScriptedSocket()
+    sock.connect_ex = lambda address: code  # type: ignore[method-assign]
+    clock, attempt = _scripted(sock)
+    d = attempt.connect("127.0.0.1", 1)
+    assert failure(d, OSError).value.errno == code
+    assert sock.closed
+    assert clock.writers == set()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_scope_naming_no_interface_is_an_error_and_leaks_nothing() -> None:
+    made: list[ScriptedSocket] = []
+
+    def make(family: int) -> ScriptedSocket:
+        made.append(ScriptedSocket())
+        return made[-1]
+
+    clock = FDClock()
+    d = _SocketAttempt(clock, 1.0, make_socket=make).connect(  # type: ignore[arg-type]
+        "fe80::1%no-such-interface0", 1
+    )
+    failure(d, OSError)
+    assert made == []  # the address is checked before any socket is made
+
+
+def test_a_reset_after_the_handshake_counts_as_accepted() -> None:
+    sock = ScriptedSocket()
+    _clock, attempt = _scripted(sock)
+    d = attempt.connect("127.0.0.1", 1)
+    sock.so_error = errno.ECONNRESET
+    attempt.doWrite()
+    assert success(d) is Outcome.ACCEPTED
+
+
+def test_no_timeout_means_no_timer() -> None:
+    """Checker(timeout=None) in portend is a connect with no timeout."""
+    sock = ScriptedSocket()
+    clock, attempt = _scripted(sock, timeout=float("inf"))
+    d = attempt.connect("127.0.0.1", 1)
+    assert clock.getDelayedCalls() == []
+    assert clock.writers == {attempt}
+    d.cancel()
+    failure(d, CancelledError)

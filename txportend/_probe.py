@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import math
+import os
 import socket
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -131,6 +134,14 @@ def resolve(reactor: IPortendReactor, host: str, port: int) -> Deferred[list[str
     host = client_host(host)
     if is_address(host):
         return succeed([host])
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        # An empty or over-long label: getaddrinfo would raise UnicodeError,
+        # which Twisted's resolver never reports, so the lookup would hang.
+        return fail(
+            HostNotFound(socket.EAI_NONAME, f"Host {host!r} is not a valid name.")
+        )
     result: Deferred[list[str]] = Deferred()
     reactor.nameResolver.resolveHostName(
         _Receiver(host, result),
@@ -177,15 +188,17 @@ class _ProbeFactory(ClientFactory):
         self._reactor = reactor
         self._connector: IConnector | None = None
         self._giving_up = False
-        self._timer: IDelayedCall | None = reactor.callLater(timeout, self._expire)
+        self._timer: IDelayedCall | None = None
 
     def connect(self, address: str, port: int) -> Deferred[Outcome]:
         self._connector = self._reactor.connectTCP(
             address,
             port,
             self,
-            None,  # type: ignore[arg-type]  # no timeout: ours is above
+            None,  # type: ignore[arg-type]  # no timeout: ours is below
         )
+        if math.isfinite(self.timeout) and not self.result.called:
+            self._timer = self._reactor.callLater(self.timeout, self._expire)
         return self.result
 
     def buildProtocol(self, addr: IAddress | None) -> _ProbeProtocol:
@@ -197,16 +210,22 @@ class _ProbeFactory(ClientFactory):
     def _give_up(self) -> None:
         self._timer = None
         self._giving_up = True
-        self._stop()
+        if not self._stop():
+            # Not connected: nothing will answer now (a connector need not
+            # call clientConnectionFailed when told to stop).
+            self._fire(Outcome.TIMED_OUT)
 
-    def _stop(self) -> None:
+    def _stop(self) -> bool:
+        """Stop the attempt; True when it had connected already."""
         if self._connector is None:
-            return
+            return False
         try:
             self._connector.stopConnecting()
         except error.NotConnectingError:
             # Already connected: the probe is closing it; make sure.
             self._connector.disconnect()
+            return True
+        return False
 
     def _cancel(self, d: Deferred[Outcome]) -> None:
         self._stop_timer()
@@ -242,12 +261,25 @@ class _ProbeFactory(ClientFactory):
             self._fire(Outcome.UNREACHABLE)
 
 
-_IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY})
+# connect() on a non-blocking socket: the handshake is under way. (On Linux
+# EAGAIN, which is EWOULDBLOCK, means no local port is left, not "in progress";
+# Windows says WSAEWOULDBLOCK for "in progress".)
+_IN_PROGRESS = frozenset(
+    {errno.EINPROGRESS, errno.EALREADY}
+    | ({errno.EWOULDBLOCK} if sys.platform == "win32" else set())
+)
+# Errors of this machine, not answers of the peer: a probe that meets one
+# fails with it, rather than report a port free that may not be.
+_LOCAL_ERRORS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
+    | ({errno.EAGAIN} if sys.platform != "win32" else set())
+)
 
 
 def _outcome_of(code: int) -> Outcome:
     """The :class:`Outcome` of a finished connect(), from its errno."""
-    if code == 0:
+    if code in (0, errno.ECONNRESET):
+        # A reset after the handshake: something accepted, then closed.
         return Outcome.ACCEPTED
     if code == errno.ECONNREFUSED:
         return Outcome.REFUSED
@@ -317,23 +349,39 @@ class _SocketAttempt:
     def connect(self, address: str, port: int) -> Deferred[Outcome]:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         try:
+            sockaddr = _sockaddr(address, port)
             sock = self._make_socket(family)
+        except (OSError, UnicodeError) as e:
+            # A scope that names no interface, no socket to be had (EMFILE),
+            # no such address family: this machine's error, not an answer.
+            self.result.errback(e)
+            return self.result
+        try:
             sock.setblocking(False)
-            code = sock.connect_ex(_sockaddr(address, port))
-        except OSError:
-            # No socket to be had (EMFILE, say), or no such address family.
-            self.result.callback(Outcome.UNREACHABLE)
-            return self.result
-        if code in _IN_PROGRESS:
-            # On loopback the kernel usually knows the answer already.
-            code = _answer_of(sock, unconnected=errno.EINPROGRESS)
-        if code != errno.EINPROGRESS:
-            _close_socket(sock, code == 0)
-            self.result.callback(_outcome_of(code))
-            return self.result
-        self._sock = sock
-        self._reactor.addWriter(self)  # type: ignore[attr-defined]
-        self._timer = self._reactor.callLater(self.timeout, self._expire)
+            code = sock.connect_ex(sockaddr)
+            if code in _IN_PROGRESS:
+                # On loopback the kernel usually knows the answer already.
+                code = _answer_of(sock, unconnected=errno.EINPROGRESS)
+            if code in _LOCAL_ERRORS:
+                raise OSError(code, os.strerror(code))
+            if code != errno.EINPROGRESS:
+                _close_socket(sock, code == 0)
+                self.result.callback(_outcome_of(code))
+                return self.result
+            if math.isfinite(self.timeout):
+                self._timer = self._reactor.callLater(self.timeout, self._expire)
+            self._sock = sock  # fileno() answers from here on
+            self._reactor.addWriter(self)  # type: ignore[attr-defined]
+        except BaseException as e:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            self._sock = None
+            sock.close()
+            if isinstance(e, Exception):
+                self.result.errback(e)
+                return self.result
+            raise
         return self.result
 
     def fileno(self) -> int:
@@ -363,9 +411,11 @@ class _SocketAttempt:
         return _answer_of(self._sock, unconnected)
 
     def _release(self) -> socket.socket | None:
-        sock, self._sock = self._sock, None
+        sock = self._sock
         if sock is not None:
+            # While fileno() still answers: poll reactors find it by it.
             self._reactor.removeWriter(self)  # type: ignore[attr-defined]
+            self._sock = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
