@@ -715,3 +715,11 @@ def test_a_forked_child_starts_its_own_private_reactor() -> None:
     assert result["results"] == [in_use, ["returned", "None"]]
     assert result["fresh"] is True
     assert result["parent"] == in_use, "the parent's private reactor still works"
+
+
+def test_occupied_fails_at_once_on_a_name_that_cannot_resolve() -> None:
+    """As portend (socket.gaierror at once), not the Deferred API's retrying.
+    (An empty label is refused before any lookup: no DNS traffic.)"""
+    with pytest.raises(socket.gaierror) as info:
+        blocking.occupied("db..local", 80, timeout=30)
+    assert isinstance(info.value, txportend.HostNotFound)

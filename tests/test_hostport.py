@@ -53,6 +53,8 @@ def test_client_host_agrees_with_portend(host: str) -> None:
         ("localhost:65536", "1..65535"),
         ("localhost:http", "1..65535"),
         ("[::1]8080", "missing port"),
+        ("127.0.0.1 :80", "no spaces"),
+        ("local host:80", "no spaces"),
     ],
 )
 def test_parse_target_rejects_with_one_line(text: str, message: str) -> None:
@@ -83,7 +85,9 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "soon", "-5", "-5s", "nan", "5 parsecs"])
+@pytest.mark.parametrize(
+    "text", ["", "soon", "-5", "-5s", "nan", "5 parsecs", "\u221e", "minutes"]
+)
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)

@@ -78,19 +78,23 @@ def _listen(reactor: Any, host: str, port: int = 0) -> Any:
 async def test_occupied_sees_a_server_that_starts_later(
     reactor: Any, host: str
 ) -> None:
-    port = await txportend.find_available_local_port(reactor=reactor)
-    listening: list[Any] = []
-    starter = reactor.callLater(
-        0.05, lambda: listening.append(_listen(reactor, host, port))
-    )
-    try:
-        await txportend.occupied(host, port, timeout=10, reactor=reactor)
-        assert listening, "occupied fired before the server listened"
-    finally:
-        if starter.active():
-            starter.cancel()
-        for p in listening:
-            await p.stopListening()
+    # Bound now (so no probe's own local port can take it), listening later.
+    with socket.socket(_family(host)) as server:
+        server.bind((host, 0))
+        port = server.getsockname()[1]
+        listening: list[bool] = []
+
+        def start() -> None:
+            server.listen(8)
+            listening.append(True)
+
+        starter = reactor.callLater(0.05, start)
+        try:
+            await txportend.occupied(host, port, timeout=10, reactor=reactor)
+            assert listening, "occupied fired before the server listened"
+        finally:
+            if starter.active():
+                starter.cancel()
 
 
 @loopback
@@ -238,24 +242,28 @@ async def test_many_waits_see_their_ports_open_and_close(reactor: Any) -> None:
     from twisted.internet.defer import gatherResults
 
     count = 24
-    ports = [
-        await txportend.find_available_local_port(reactor=reactor) for _ in range(count)
-    ]
-    waits = [
-        txportend.occupied("127.0.0.1", p, timeout=20, reactor=reactor) for p in ports
-    ]
-    await deferLater(reactor, 0.05, lambda: None)
-    listening = [_listen(reactor, "127.0.0.1", p) for p in ports]
+    # Bound from the start (so no probe's own local port can take one), and
+    # made to listen, then closed, later.
+    sockets = [socket.socket() for _ in range(count)]
     try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in sockets]
+        waits = [
+            txportend.occupied("127.0.0.1", p, timeout=20, reactor=reactor)
+            for p in ports
+        ]
+        await deferLater(reactor, 0.05, lambda: None)
+        for s in sockets:
+            s.listen(1024)
         await gatherResults(waits)
         frees = [
             txportend.free("127.0.0.1", p, timeout=20, reactor=reactor) for p in ports
         ]
         await deferLater(reactor, 0.05, lambda: None)
-        for p in listening:
-            await p.stopListening()
-        listening = []
+        for s in sockets:
+            s.close()
         await gatherResults(frees)
     finally:
-        for p in listening:
-            await p.stopListening()
+        for s in sockets:
+            s.close()

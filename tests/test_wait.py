@@ -297,12 +297,73 @@ def test_bad_port_is_refused(port: object) -> None:
         txportend.occupied("localhost", port, reactor=memory_reactor())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad", [-1, float("nan")])
-def test_bad_timeout_and_interval_are_refused(bad: float) -> None:
+def test_nan_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout"):
-        txportend.occupied("localhost", 80, timeout=bad, reactor=memory_reactor())
+        txportend.occupied(
+            "localhost", 80, timeout=float("nan"), reactor=memory_reactor()
+        )
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf")])
+def test_bad_interval_is_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="interval"):
         txportend.occupied("localhost", 80, interval=bad, reactor=memory_reactor())
+
+
+@pytest.mark.parametrize(
+    "timeout", [-1, datetime.timedelta(seconds=-5)], ids=["seconds", "timedelta"]
+)
+def test_a_negative_timeout_checks_once(timeout: object) -> None:
+    """As in portend: a deadline already past still gets one probe."""
+    reactor = memory_reactor()
+    d = txportend.occupied("127.0.0.1", 80, timeout=timeout, reactor=reactor)
+    reactor.advance(0)
+    refuse(reactor)
+    failure(d, txportend.Timeout)
+    assert len(attempts(reactor)) == 1
+
+
+@pytest.mark.parametrize(
+    "policy", [lambda n: float("nan"), lambda n: -1.0, lambda n: 1 / 0]
+)
+def test_a_broken_interval_policy_fails_the_wait(policy: object) -> None:
+    """Instead of leaving a wait with nothing scheduled, forever."""
+    reactor = memory_reactor()
+    d = txportend.occupied("127.0.0.1", 80, interval=policy, reactor=reactor)  # type: ignore[arg-type]
+    refuse(reactor)
+    failure(d, ValueError, ZeroDivisionError)
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_lookup_that_never_answers_still_times_out() -> None:
+    """The first probe decides a wait past its deadline, but a name lookup
+    has no timeout of its own: it gets as long as a probe, then no longer."""
+    reactor = memory_reactor({"db": ["127.0.0.1"]}, hold=True)
+    d = txportend.occupied("db", 5432, timeout=1, reactor=reactor)
+    reactor.advance(1)
+    no_result(d)
+    reactor.advance(OCCUPIED_PROBE_TIMEOUT)
+    assert "not bound on db" in str(failure(d, txportend.Timeout).value)
+    assert reactor.getDelayedCalls() == []
+
+
+def test_an_invalid_name_fails_at_once() -> None:
+    """getaddrinfo raises UnicodeError for an empty label, which Twisted's
+    resolver never reports: txportend does not ask it."""
+    d = txportend.probe("db..local", 80, reactor=memory_reactor())
+    assert "not a valid name" in str(failure(d, txportend.HostNotFound).value)
+
+
+def test_free_keeps_waiting_while_loopback_gives_no_answer() -> None:
+    """On loopback nothing drops packets: no answer means a listener whose
+    backlog is full, which is not free (portend would say free)."""
+    reactor = memory_reactor()
+    d = txportend.free("127.0.0.1", 80, timeout=10, interval=1, reactor=reactor)
+    time_out(reactor)
+    no_result(d)
+    reactor.advance(1)
+    refuse(reactor)
+    success(d)
 
 
 def test_probe_timeouts_follow_portend() -> None:
@@ -363,7 +424,10 @@ def test_wait_fires_exactly_when_the_wanted_state_is_first_seen(
     reactor = memory_reactor()
     wait = txportend.occupied if want else txportend.free
     d = wait("127.0.0.1", 80, timeout=1000, interval=1, reactor=reactor)
-    expected_end = next((i for i, s in enumerate(steps) if (s is accept) == want), None)
+    # occupied ends at the first accept; free at the first refusal or
+    # unreachable (no answer from loopback is a full backlog: not free).
+    ending = {accept} if want else {refuse, unreachable}
+    expected_end = next((i for i, s in enumerate(steps) if s in ending), None)
     for i, step in enumerate(steps):
         step(reactor)  # type: ignore[operator]
         if expected_end is not None and i == expected_end:

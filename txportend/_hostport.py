@@ -177,6 +177,8 @@ def parse_target(text: str) -> HostPort:
         raise ValueError(f"{text!r}: port must be a number in 1..65535")
     if not parsed.hostname:
         raise ValueError(f"{text!r}: missing host (expected HOST:PORT or [IPv6]:PORT)")
+    if any(c.isspace() for c in parsed.hostname):
+        raise ValueError(f"{text!r}: a host name has no spaces")
     return target
 
 
@@ -199,9 +201,10 @@ def timeout_seconds(timeout: TimeoutType) -> float:
         seconds = timeout.total_seconds()
     else:
         seconds = float(timeout)
-    if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"timeout must be zero or more seconds, not {timeout!r}")
-    return seconds
+    if math.isnan(seconds):
+        raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
+    # portend treats a timeout already past (negative) as "check once".
+    return max(seconds, 0.0)
 
 
 def parse_duration(text: str) -> float:
@@ -232,8 +235,9 @@ def parse_duration(text: str) -> float:
         seconds = float(stripped)
     except ValueError:
         try:
-            if not stripped:
-                raise ValueError("empty")
+            if not any(c.isdigit() for c in stripped):
+                # tempora reads text it doesn't know as 0 seconds.
+                raise ValueError("no number")
             seconds = parse_timedelta(stripped).total_seconds()
         except (ValueError, KeyError, TypeError, OverflowError):
             raise ValueError(

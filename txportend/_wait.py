@@ -9,7 +9,7 @@ import math
 import weakref
 from collections.abc import Callable, Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
@@ -23,7 +23,7 @@ from ._hostport import (
     timeout_seconds,
 )
 from ._listeners import ListenWatcher
-from ._probe import ProbeResult, probe
+from ._probe import Outcome, ProbeResult, probe
 from ._reactor import IPortendReactor, get_reactor
 from ._schedule import IntervalType, default_interval, interval_policy
 
@@ -66,6 +66,20 @@ def shared_for(reactor: IPortendReactor) -> _Shared:
     return state
 
 
+def _busy(result: ProbeResult, strict: bool) -> bool:
+    """
+    Whether ``result`` shows something listening: a connection accepted, or
+    (unless ``strict``) one that got no answer from a loopback address, where
+    nothing drops packets, so the listener's backlog is full.
+    """
+    if result.accepted:
+        return True
+    return not strict and any(
+        outcome is Outcome.TIMED_OUT and is_loopback(address)
+        for address, outcome in result.outcomes.items()
+    )
+
+
 class _Wait:
     """
     Probes ``host:port`` until it is (or is not) accepting connections.
@@ -93,8 +107,10 @@ class _Wait:
         timeout: float,
         policy: Callable[[int], float],
         probe_timeout: float,
+        retry_unresolved: bool,
     ) -> None:
         self._reactor = reactor
+        self._retry_unresolved = retry_unresolved
         self._host = host
         self._port = port
         self._want_occupied = want_occupied
@@ -143,9 +159,12 @@ class _Wait:
 
     def _probe(self) -> None:
         self._next = None
-        self._inflight = probe(
-            self._host, self._port, self._probe_timeout, reactor=self._reactor
-        )
+        try:
+            self._inflight = probe(
+                self._host, self._port, self._probe_timeout, reactor=self._reactor
+            )
+        except Exception:
+            self._inflight = fail()
         self._inflight.addCallbacks(self._probed, self._probe_failed)
 
     def _probed(self, result: ProbeResult) -> None:
@@ -153,7 +172,7 @@ class _Wait:
             return
         self._unresolved = False
         self._completed_one()
-        if result.accepted == self._want_occupied:
+        if _busy(result, self._want_occupied) == self._want_occupied:
             self._finish(None)
             return
         if all(map(is_loopback, result.outcomes)):
@@ -173,7 +192,7 @@ class _Wait:
     def _probe_failed(self, failure: Failure) -> None:
         if self._done:
             return
-        if isinstance(failure.value, HostNotFound) and self._want_occupied:
+        if isinstance(failure.value, HostNotFound) and self._retry_unresolved:
             # The name may appear later (a container starting, say).
             self._unresolved = True
             self._completed_one()
@@ -194,7 +213,15 @@ class _Wait:
             self._hinted = False
             pause = 0.0
         else:
-            pause = self._policy(self._pauses)
+            try:
+                pause = float(self._policy(self._pauses))
+                if not 0 <= pause < math.inf:
+                    raise ValueError(
+                        f"the interval policy gave {pause!r}: not a number of seconds"
+                    )
+            except Exception:
+                self._finish(Failure())  # type: ignore[no-untyped-call]
+                return
             self._pauses += 1
             # The budget stretches the pause, unless the kernel's table says
             # the port is already as wanted and the probe just missed it
@@ -213,12 +240,22 @@ class _Wait:
         self._deadline = None
         self._expired = True
         if self._completed == 0:
-            # Let the first probe decide; start it now if it was spread.
+            # Let the first probe decide; start it now if it was spread. A
+            # probe has its own timeout, but a name lookup has none: give it
+            # as long as a probe, then time out anyway.
             if self._inflight is None:
                 if self._next is not None:
                     self._next.cancel()
                 self._probe()
+            if not self._done and self._completed == 0:
+                self._deadline = self._reactor.callLater(
+                    self._probe_timeout, self._finish_timeout
+                )
             return
+        self._finish(self._timeout_error())
+
+    def _finish_timeout(self) -> None:
+        self._deadline = None
         self._finish(self._timeout_error())
 
     def _stop(self) -> None:
@@ -244,7 +281,7 @@ class _Wait:
             self.result.errback(error)
 
 
-def _wait(
+def wait_for(
     host: str,
     port: int,
     timeout: TimeoutType,
@@ -252,7 +289,13 @@ def _wait(
     reactor: IPortendReactor | None,
     *,
     want_occupied: bool,
+    retry_unresolved: bool = True,
 ) -> Deferred[None]:
+    """
+    The one implementation behind :func:`occupied` and :func:`free` (and the
+    blocking API's, which passes ``retry_unresolved=False``: portend fails at
+    once on a name that does not resolve).
+    """
     check_host(host)
     return _Wait(
         get_reactor(reactor),
@@ -262,6 +305,7 @@ def _wait(
         timeout=timeout_seconds(timeout),
         policy=interval_policy(interval),
         probe_timeout=OCCUPIED_PROBE_TIMEOUT if want_occupied else FREE_PROBE_TIMEOUT,
+        retry_unresolved=retry_unresolved and want_occupied,
     ).start()
 
 
@@ -295,7 +339,7 @@ def occupied(
     :raises ValueError: for an empty host (portend's message), or a bad
         port, timeout or interval.
     """
-    return _wait(host, port, timeout, interval, reactor, want_occupied=True)
+    return wait_for(host, port, timeout, interval, reactor, want_occupied=True)
 
 
 def free(
@@ -328,7 +372,7 @@ def free(
     :raises ValueError: for an empty host (portend's message), or a bad
         port, timeout or interval.
     """
-    return _wait(host, port, timeout, interval, reactor, want_occupied=False)
+    return wait_for(host, port, timeout, interval, reactor, want_occupied=False)
 
 
 def assert_free(

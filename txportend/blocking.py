@@ -46,10 +46,13 @@ on a *private reactor* and waits for its result.
   thread finishes (its answer is dropped).
 - **Host names** (not address literals) are resolved by Twisted's default
   resolver, ``getaddrinfo`` in the private reactor's thread pool, so a slow
-  lookup never blocks the loop. That pool's workers are daemon threads,
-  started on the first lookup and reused by the next ones; they quit once
-  no lookup has started for ``RESOLVER_IDLE_SECONDS``, so when the
+  lookup never blocks the loop. That pool has one worker at most, a daemon
+  thread started on the first lookup and reused by the next ones; it quits
+  once no lookup has started for ``RESOLVER_IDLE_SECONDS``, so when the
   module is idle the ``txportend.blocking`` thread is the only one left.
+- **A name that does not resolve** fails at once with
+  :class:`txportend.HostNotFound` (a :exc:`socket.gaierror`), as in
+  portend; the Deferred API's :func:`txportend.occupied` retries instead.
 - **fork():** the child forgets the parent's reactor and thread (which does
   not exist in the child), closes the reactor's own descriptors it inherited,
   and starts a fresh reactor lazily on its first call.
@@ -145,7 +148,7 @@ class _ResolverPool(ThreadPool):
     threadFactory = _DaemonThread
 
     def __init__(self, clock: IReactorTime) -> None:
-        super().__init__(0, 10, f"{THREAD_NAME} resolver")
+        super().__init__(0, 1, f"{THREAD_NAME} resolver")
         self._clock = clock
         self._retire: IDelayedCall | None = None
 
@@ -169,6 +172,9 @@ class _ResolverPool(ThreadPool):
         # A busy worker quits as soon as it is done.
         for _ in range(self.workers):
             self.stopAWorker()
+        # Forget the threads that have quit, or the list grows with each
+        # burst of lookups.
+        self.threads[:] = [t for t in self.threads if t.is_alive()]
 
 
 def _new_reactor() -> ReactorBase:
@@ -436,7 +442,15 @@ def occupied(
         :func:`txportend.occupied`.
     :raises Timeout: ``Port 8080 not bound on localhost.``
     """
-    _call(_wait.occupied, host, port, timeout, interval=interval)
+    _call(
+        _wait.wait_for,
+        host,
+        port,
+        timeout,
+        interval,
+        want_occupied=True,
+        retry_unresolved=False,
+    )
 
 
 def find_available_local_port() -> int:
