@@ -311,3 +311,37 @@ def test_shared_state_does_not_keep_a_reactor_alive() -> None:
     del reactor, d
     gc.collect()
     assert gone() is None
+
+
+def test_dropping_below_the_threshold_forgets_the_last_reading() -> None:
+    """Even when it happens inside a reading (a hint finishing a wait)."""
+    clock, table = Clock(), Table()
+    table.ports.add(1000)
+    watcher = _watcher(clock, table)
+
+    def finish(listening: bool) -> None:
+        if listening:
+            watcher.unsubscribe(1000, 0)
+
+    watcher.subscribe(1000, 0, finish)
+    for n in range(1, WATCH_THRESHOLD):
+        watcher.subscribe(2000 + n, n, lambda listening: None)
+    clock.advance(0)
+    assert watcher.listening(2001) is None
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_failing_callback_does_not_stop_the_readings() -> None:
+    clock, table = Clock(), Table()
+    watcher = _watcher(clock, table)
+
+    def boom(listening: bool) -> None:
+        raise RuntimeError("a bug elsewhere")
+
+    for n in range(WATCH_THRESHOLD):
+        watcher.subscribe(1000 + n, n, boom)
+    with pytest.raises(RuntimeError):
+        clock.advance(0)
+    assert len(clock.getDelayedCalls()) == 1  # the next reading is scheduled
+    for n in range(WATCH_THRESHOLD):
+        watcher.unsubscribe(1000 + n, n)

@@ -92,14 +92,6 @@ def test_can_bind_a_bind_all_address_binds_it_as_is() -> None:
     assert reactor.tcpServers[0][3] == "0.0.0.0"
 
 
-def test_can_bind_false_when_listen_fails() -> None:
-    reactor: Any = RaisingMemoryReactor(
-        listenException=error.CannotListenError("127.0.0.1", 80, OSError("in use"))
-    )
-    reactor.nameResolver = memory_reactor().nameResolver
-    assert success(txportend.can_bind("127.0.0.1", 80, reactor=reactor)) is False
-
-
 def test_find_available_local_port_uses_listen_tcp_zero() -> None:
     reactor = MemoryReactorClock()
     d = txportend.find_available_local_port(reactor=reactor)
@@ -168,3 +160,24 @@ def test_an_answer_read_in_that_turn_wins_over_the_timeout() -> None:
     assert reactor.getDelayedCalls() == []
     reactor.advance(0)
     assert not reactor.connectors[0].stoppedConnecting
+
+
+def test_can_bind_reports_only_address_errors_as_false() -> None:
+    """EMFILE says nothing about the port: the Deferred fails with it."""
+    import errno as errno_
+
+    busy: Any = RaisingMemoryReactor(
+        listenException=error.CannotListenError(
+            "127.0.0.1", 80, OSError(errno_.EADDRINUSE, "in use")
+        )
+    )
+    assert success(txportend.can_bind("127.0.0.1", 80, reactor=busy)) is False
+    full: Any = RaisingMemoryReactor(
+        listenException=error.CannotListenError(
+            "127.0.0.1", 80, OSError(errno_.EMFILE, "Too many open files")
+        )
+    )
+    failure(txportend.can_bind("127.0.0.1", 80, reactor=full), error.CannotListenError)
+    failure(txportend.find_available_local_port(reactor=full), error.CannotListenError)
+    with pytest.raises(ValueError, match="port"):
+        txportend.can_bind("127.0.0.1", 70000, reactor=busy)

@@ -27,6 +27,7 @@ _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST = 0x1
 _NLM_F_DUMP = 0x300
+_NLM_F_DUMP_INTR = 0x10
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
 _TCP_LISTEN = 10
@@ -59,10 +60,15 @@ def _dump(family: int) -> set[int] | None:
             data = s.recv(1 << 16)
             offset = 0
             while offset + _HEADER.size <= len(data):
-                length, kind = _HEADER.unpack_from(data, offset)[:2]
+                length, kind, flags = _HEADER.unpack_from(data, offset)[:3]
                 if kind == _NLMSG_DONE:
-                    return ports
-                if kind == _NLMSG_ERROR or length < _HEADER.size:
+                    # A table that changed during the dump may be torn.
+                    return None if flags & _NLM_F_DUMP_INTR else ports
+                if (
+                    kind == _NLMSG_ERROR
+                    or length < _SPORT_OFFSET + _SPORT.size
+                    or offset + length > len(data)
+                ):
                     return None
                 ports.add(_SPORT.unpack_from(data, offset + _SPORT_OFFSET)[0])
                 offset += (length + 3) & ~3
@@ -85,7 +91,7 @@ def listening_ports() -> frozenset[int] | None:
             if ports is None:
                 return None
             found |= ports
-    except OSError:
+    except (OSError, struct.error):
         return None
     return frozenset(found)
 
@@ -154,8 +160,9 @@ class ListenWatcher:
         self._count -= 1
         if not callbacks:
             del self._subscribers[port]
-        if self._count < WATCH_THRESHOLD and self._call is not None:
-            if self._call.active():
+        if self._count < WATCH_THRESHOLD:
+            # Stop reading, and forget the last reading: it would go stale.
+            if self._call is not None and self._call.active():
                 self._call.cancel()
             self._call = None
             self._last = None
@@ -195,11 +202,13 @@ class ListenWatcher:
             candidates = set((ports ^ last) & self._subscribers.keys())
             candidates |= self._fresh
         self._fresh = set()
-        for port in candidates:
-            listening = port in ports
-            for callback in list(self._subscribers.get(port, {}).values()):
-                callback(listening)
-        self._schedule(cost)
+        try:
+            for port in candidates:
+                listening = port in ports
+                for callback in list(self._subscribers.get(port, {}).values()):
+                    callback(listening)
+        finally:
+            self._schedule(cost)
 
     def _schedule(self, cost: float) -> None:
         if self._count >= WATCH_THRESHOLD and self._call is None:

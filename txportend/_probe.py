@@ -539,6 +539,10 @@ def _close(listening: IListeningPort) -> Deferred[None]:
     return succeed(None)
 
 
+# bind() errors that mean "this port can't be had here now".
+_NOT_BINDABLE = frozenset({errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL})
+
+
 def can_bind(
     host: str, port: int, *, reactor: IPortendReactor | None = None
 ) -> Deferred[bool]:
@@ -560,6 +564,7 @@ def can_bind(
         :class:`~txportend.HostNotFound`. It can be cancelled.
     """
     check_host(host)
+    port = check_port(port)
     r = get_reactor(reactor)
     addresses: Deferred[list[str]] = (
         succeed([host]) if is_address(host) else resolve(r, host, port)
@@ -572,8 +577,10 @@ def can_bind(
             return succeed(True)
         try:
             listening = _listen(r, found[0], port)
-        except error.CannotListenError:
-            return succeed(False)
+        except error.CannotListenError as e:
+            if getattr(e.socketError, "errno", None) in _NOT_BINDABLE:
+                return succeed(False)
+            return fail(e)  # EMFILE and the like say nothing about the port
         return _close(listening).addCallback(lambda _: bind_each(found[1:]))
 
     return addresses.addCallback(bind_each)
@@ -591,7 +598,10 @@ def find_available_local_port(
         listening socket is closed.
     """
     r = get_reactor(reactor)
-    listening = _listen(r, "127.0.0.1", 0)
+    try:
+        listening = _listen(r, "127.0.0.1", 0)
+    except error.CannotListenError as e:
+        return fail(e)
     number: int = listening.getHost().port  # type: ignore[attr-defined]
     return _close(listening).addCallback(lambda _: number)
 
