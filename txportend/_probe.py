@@ -492,11 +492,15 @@ def probe(
     :param host: a host name or address; bind addresses (``0.0.0.0``, ``::``)
         are probed on the matching loopback address.
     :param port: the TCP port.
-    :param timeout: seconds each connection attempt may take.
+    :param timeout: seconds each connection attempt may take (``math.inf``:
+        no limit).
     :param reactor: the reactor to use; the global one by default.
     :return: a Deferred firing with a :class:`ProbeResult`, or failing with
         :class:`~txportend.HostNotFound` when the name does not resolve, or
-        ``ValueError`` for an empty host. It can be cancelled.
+        with the :exc:`OSError` of this machine when it can't make the
+        attempt (out of file descriptors, no local port left, an IPv6 scope
+        that names no interface). It can be cancelled.
+    :raises ValueError: for an empty host (portend's message) or a bad port.
     """
     check_host(host)
     port = check_port(port)
@@ -560,8 +564,11 @@ def can_bind(
         resolves to.
     :param port: the TCP port.
     :param reactor: the reactor to use; the global one by default.
-    :return: a Deferred firing with ``True`` or ``False``, or failing with
-        :class:`~txportend.HostNotFound`. It can be cancelled.
+    :return: a Deferred firing with ``True``, or ``False`` when binding
+        fails for the address (in use, not permitted, not local); failing
+        with :class:`~txportend.HostNotFound`, or with
+        :exc:`~twisted.internet.error.CannotListenError` for any other bind
+        error (out of file descriptors, say). It can be cancelled.
     """
     check_host(host)
     port = check_port(port)

@@ -328,14 +328,17 @@ def occupied(
         on the matching loopback address.
     :param port: the TCP port.
     :param timeout: seconds or a :class:`datetime.timedelta`; ``None`` or
-        ``math.inf`` waits forever.
+        ``math.inf`` waits forever; ``0`` (or less, as in portend) probes
+        once.
     :param interval: the pause between probes, in seconds, or a policy
         ``(attempt) -> seconds``; :func:`default_interval` by default.
     :param reactor: the reactor to use; the global one by default.
     :return: a Deferred that fires with ``None`` once the port is occupied,
         or fails with :class:`~txportend.Timeout`
-        (``Port 8080 not bound on localhost.``). Cancelling it stops the wait
-        and leaves nothing behind.
+        (``Port 8080 not bound on localhost.``), or with the
+        :exc:`OSError` of this machine when it can't make a connection
+        attempt at all (out of file descriptors, say). Cancelling it stops
+        the wait and leaves nothing behind.
     :raises ValueError: for an empty host (portend's message), or a bad
         port, timeout or interval.
     """
@@ -353,22 +356,27 @@ def free(
     """
     Wait until nothing accepts TCP connections on ``host:port``.
 
-    Free means no address the host resolves to accepts a connection (a
-    refused or unanswered connection both count as free, as in portend).
+    Free means no address the host resolves to accepts a connection: a
+    refused connection counts as free, and so does one that gets no answer
+    (as in portend), except from a loopback address, where nothing drops
+    packets, so no answer means a listener whose backlog is full.
 
     :param host: a host name or address; ``0.0.0.0`` and ``::`` are checked
         on the matching loopback address.
     :param port: the TCP port.
     :param timeout: seconds or a :class:`datetime.timedelta`; ``None`` or
-        ``math.inf`` waits forever.
+        ``math.inf`` waits forever; ``0`` (or less, as in portend) probes
+        once.
     :param interval: the pause between probes, in seconds, or a policy
         ``(attempt) -> seconds``; :func:`default_interval` by default.
     :param reactor: the reactor to use; the global one by default.
     :return: a Deferred that fires with ``None`` once the port is free, or
         fails with :class:`~txportend.Timeout`
         (``Port 8080 not free on localhost.``), or at once with
-        :class:`~txportend.HostNotFound` for a name that does not resolve.
-        Cancelling it stops the wait and leaves nothing behind.
+        :class:`~txportend.HostNotFound` for a name that does not resolve,
+        or with the :exc:`OSError` of this machine when it can't make a
+        connection attempt at all. Cancelling it stops the wait and leaves
+        nothing behind.
     :raises ValueError: for an empty host (portend's message), or a bad
         port, timeout or interval.
     """

@@ -441,6 +441,9 @@ def occupied(
     :param interval: the pause between probes (keyword only); see
         :func:`txportend.occupied`.
     :raises Timeout: ``Port 8080 not bound on localhost.``
+    :raises txportend.HostNotFound: (a :exc:`socket.gaierror`) at once for a
+        name that does not resolve, as portend does (the Deferred API's
+        :func:`txportend.occupied` retries it instead).
     """
     _call(
         _wait.wait_for,
