@@ -102,7 +102,7 @@ WATCH_THRESHOLD = 8
 #: Failed readings in a row after which the table counts as unreadable.
 WATCH_MAX_FAILURES = 5
 #: The most time between two readings while the watcher runs.
-WATCH_MAX_PAUSE = 0.01
+WATCH_MAX_PAUSE = 0.005
 #: The watcher spends at most about 1/WATCH_COST_FACTOR of its time reading.
 WATCH_COST_FACTOR = 10
 
