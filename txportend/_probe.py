@@ -9,13 +9,11 @@ Everything goes through the reactor it is given (``connectTCP``,
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 import math
 import os
 import socket
-import struct
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,11 +38,10 @@ from zope.interface import implementer
 from ._errors import HostNotFound
 from ._hostport import check_host, check_port, client_host
 from ._reactor import IPortendReactor, get_reactor
+from ._sockets import reset_on_close
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
-
-_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 def is_address(host: str) -> bool:
@@ -159,13 +156,9 @@ class _ProbeProtocol(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        # Close with RST (SO_LINGER 0): no TIME_WAIT is left on our side, so
-        # polling a listening port fast for a long time can't use up
-        # ephemeral ports.
         handle = getattr(transport, "getHandle", lambda: None)()
         if isinstance(handle, socket.socket):
-            with contextlib.suppress(OSError):  # a platform without SO_LINGER
-                handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            reset_on_close(handle)
         transport.abortConnection()  # type: ignore[attr-defined]
 
 
@@ -290,10 +283,7 @@ def _outcome_of(code: int) -> Outcome:
 
 def _close_socket(sock: socket.socket, accepted: bool) -> None:
     if accepted:
-        # Close with RST (SO_LINGER 0): no TIME_WAIT on our side, so polling
-        # a listening port fast for a long time can't use up ephemeral ports.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        reset_on_close(sock)
     sock.close()
 
 

@@ -648,7 +648,6 @@ def _connect_now(address: str, port: int) -> str:
     """One blocking connection attempt: accepted, refused, or other."""
     import errno
     import socket
-    import struct
 
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
@@ -663,10 +662,9 @@ def _connect_now(address: str, port: int) -> str:
             return "other"
         if code == 0:
             # Close with a reset, as the core does: no TIME_WAIT left behind.
-            with contextlib.suppress(OSError):
-                attempt.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
+            from ._sockets import reset_on_close
+
+            reset_on_close(attempt)
             return "accepted"
         return "refused" if code == errno.ECONNREFUSED else "other"
 
