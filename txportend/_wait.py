@@ -175,7 +175,7 @@ class _Wait:
         if _busy(result, self._want_occupied) == self._want_occupied:
             self._finish(None)
             return
-        if all(map(is_loopback, result.outcomes)):
+        if not self._watching and all(map(is_loopback, result.outcomes)):
             self._watch()
         self._again()
 
