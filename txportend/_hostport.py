@@ -224,8 +224,6 @@ def parse_duration(text: str) -> float:
     ...
     ValueError: 'soon' is not a duration (try 30, 2.5, 1m30s or '2 minutes')
     """
-    from tempora import parse_timedelta
-
     stripped = text.strip()
     if stripped.startswith("-"):
         raise ValueError(f"{text!r} is not a duration (it must not be negative)")
@@ -238,11 +236,19 @@ def parse_duration(text: str) -> float:
             if not any(c.isdigit() for c in stripped):
                 # tempora reads text it doesn't know as 0 seconds.
                 raise ValueError("no number")
+            # Only now: tempora takes tens of milliseconds to import, which a
+            # plain number (the command line's usual case) never pays.
+            from tempora import parse_timedelta
+
             seconds = parse_timedelta(stripped).total_seconds()
         except (ValueError, KeyError, TypeError, OverflowError):
             raise ValueError(
                 f"{text!r} is not a duration (try 30, 2.5, 1m30s or '2 minutes')"
             ) from None
-    if math.isnan(seconds) or seconds < 0:
+    if math.isnan(seconds):
+        raise ValueError(
+            f"{text!r} is not a duration (try 30, 2.5, 1m30s or '2 minutes')"
+        )
+    if seconds < 0:
         raise ValueError(f"{text!r} is not a duration (it must not be negative)")
     return seconds

@@ -149,16 +149,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _seconds(text: str) -> float:
-    """
-    Parse a duration; plain numbers skip the (slower to import) human-form
-    parser.
-    """
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if seconds >= 0:
-        return seconds
+    """A duration argument: plain seconds or a human form (``1m30s``)."""
     from ._hostport import parse_duration
 
     try:
