@@ -157,7 +157,7 @@ def test_interval_policy_gets_attempt_numbers() -> None:
         return 1.0
 
     reactor = memory_reactor()
-    d = txportend.occupied("127.0.0.1", 80, interval=policy, reactor=reactor)
+    d = txportend.occupied("127.0.0.1", 80, interval=policy, reactor=reactor)  # type: ignore[arg-type]
     for _ in range(4):
         refuse(reactor)
         reactor.advance(1.0)
@@ -453,3 +453,13 @@ def test_port_not_free_names_a_bind_address_as_given(bind: str, probed: str) -> 
         str(failure(d, txportend.PortNotFree).value)
         == f"Port 8080 is in use on {bind}."
     )
+
+
+def test_checker_without_a_timeout_waits_for_the_answer() -> None:
+    """portend's Checker(timeout=None) connects with no timeout."""
+    reactor = memory_reactor()
+    d = txportend.Checker(timeout=None, reactor=reactor).assert_free("127.0.0.1", 80)
+    assert reactor.tcpClients[0][2].timeout == math.inf
+    assert reactor.getDelayedCalls() == []
+    refuse(reactor)
+    success(d)

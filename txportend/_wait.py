@@ -386,7 +386,7 @@ def free(
 def assert_free(
     host: str | Sequence[object],
     port: int | None = None,
-    timeout: float = 1.0,
+    timeout: TimeoutType = 1.0,
     *,
     reactor: IPortendReactor | None = None,
 ) -> Deferred[None]:
@@ -418,7 +418,9 @@ def assert_free(
             shown = host if client_host(str(host)) == address else address
             raise PortNotFree(f"Port {number} is in use on {shown}.")
 
-    return probe(str(host), number, timeout, reactor=reactor).addCallback(judge)
+    # None (portend's "no timeout") or a timedelta, as for the waits.
+    seconds = timeout_seconds(timeout)
+    return probe(str(host), number, seconds, reactor=reactor).addCallback(judge)
 
 
 class Checker:
@@ -431,7 +433,7 @@ class Checker:
     """
 
     def __init__(
-        self, timeout: float = 1.0, reactor: IPortendReactor | None = None
+        self, timeout: TimeoutType = 1.0, reactor: IPortendReactor | None = None
     ) -> None:
         self.timeout = timeout
         self.reactor = reactor

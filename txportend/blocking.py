@@ -347,7 +347,7 @@ class Checker:
     :param timeout: seconds each connection attempt may take.
     """
 
-    def __init__(self, timeout: float = 1.0) -> None:
+    def __init__(self, timeout: TimeoutType = 1.0) -> None:
         self.timeout = timeout
 
     def assert_free(self, host: str | Sequence[Any], port: int | None = None) -> None:
