@@ -240,6 +240,48 @@ def test_assert_free_takes_an_address_tuple_like_portend() -> None:
         )
 
 
+@loopback
+@pytest.mark.parametrize("path", ["calling thread", "private reactor"])
+def test_assert_free_gives_one_verdict_in_either_thread(
+    host: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An address literal is checked in the calling thread when the kernel
+    answers within connect(); the private reactor's path must agree."""
+    if path == "private reactor":
+        monkeypatch.setattr(blocking._wait, "assert_free_now", lambda *a: False)
+    else:
+
+        def no_hop(*args: object, **kwargs: object) -> None:
+            raise AssertionError("went to the private reactor")
+
+        monkeypatch.setattr(blocking, "_call", no_hop)
+    with Listener(host) as server:
+        assert outcome(lambda: blocking.Checker().assert_free(host, server.port)) == (
+            "PortNotFree",
+            f"Port {server.port} is in use on {host}.",
+        )
+    with ClosedPort(host) as closed:
+        assert outcome(lambda: blocking.Checker().assert_free(host, closed.port)) == (
+            "returned",
+            "None",
+        )
+
+
+def test_assert_free_on_a_name_goes_to_the_private_reactor(
+    closed_v4: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[object] = []
+    real = blocking._call
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(blocking, "_call", counted)
+    blocking.Checker().assert_free("localhost", closed_v4)
+    assert calls == [txportend._wait.assert_free]
+
+
 def test_assert_free_on_localhost_names_the_address_that_accepted() -> None:
     with Listener("127.0.0.1") as server:
         ours = outcome(lambda: blocking.Checker().assert_free("localhost", server.port))

@@ -9,12 +9,9 @@ Everything goes through the reactor it is given (``connectTCP``,
 
 from __future__ import annotations
 
-import enum
 import errno
 import math
-import os
 import socket
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,7 +35,16 @@ from zope.interface import implementer
 from ._errors import HostNotFound
 from ._hostport import check_host, check_port, client_host
 from ._reactor import IPortendReactor, get_reactor
-from ._sockets import reset_on_close
+from ._sockets import (
+    Outcome,
+    answer_of,
+    close_socket,
+    connect_now,
+    new_socket,
+    outcome_of,
+    reset_on_close,
+    start_connect,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
@@ -47,20 +53,6 @@ if TYPE_CHECKING:
 def is_address(host: str) -> bool:
     """Whether ``host`` is an IPv4 or IPv6 address literal (not a name)."""
     return bool(isIPAddress(host) or isIPv6Address(host))
-
-
-class Outcome(enum.Enum):
-    """What one connection attempt to one address saw."""
-
-    #: Something accepted the connection: the port is occupied.
-    ACCEPTED = "accepted"
-    #: The connection was refused (RST): nothing listens there.
-    REFUSED = "refused"
-    #: No answer before the probe timeout (a dropped SYN, a full backlog, a
-    #: firewall). portend counts this as free; here the caller can tell.
-    TIMED_OUT = "timed out"
-    #: Any other failure to connect (no route, network unreachable, ...).
-    UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True)
@@ -254,61 +246,6 @@ class _ProbeFactory(ClientFactory):
             self._fire(Outcome.UNREACHABLE)
 
 
-# connect() on a non-blocking socket: the handshake is under way. (On Linux
-# EAGAIN, which is EWOULDBLOCK, means no local port is left, not "in progress";
-# Windows says WSAEWOULDBLOCK for "in progress".)
-_IN_PROGRESS = frozenset(
-    {errno.EINPROGRESS, errno.EALREADY}
-    | ({errno.EWOULDBLOCK} if sys.platform == "win32" else set())
-)
-# Errors of this machine, not answers of the peer: a probe that meets one
-# fails with it, rather than report a port free that may not be.
-_LOCAL_ERRORS = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
-    | ({errno.EAGAIN} if sys.platform != "win32" else set())
-)
-
-
-def _outcome_of(code: int) -> Outcome:
-    """The :class:`Outcome` of a finished connect(), from its errno."""
-    if code in (0, errno.ECONNRESET):
-        # A reset after the handshake: something accepted, then closed.
-        return Outcome.ACCEPTED
-    if code == errno.ECONNREFUSED:
-        return Outcome.REFUSED
-    if code == errno.ETIMEDOUT:
-        return Outcome.TIMED_OUT
-    return Outcome.UNREACHABLE
-
-
-def _close_socket(sock: socket.socket, accepted: bool) -> None:
-    if accepted:
-        reset_on_close(sock)
-    sock.close()
-
-
-def _sockaddr(address: str, port: int) -> tuple[object, ...]:
-    if ":" not in address:
-        return (address, port)
-    if "%" in address:  # a scoped IPv6 literal: numeric, so no lookup
-        return socket.getaddrinfo(
-            address, port, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
-        )[0][4]
-    return (address, port, 0, 0)
-
-
-def _answer_of(sock: socket.socket, unconnected: int) -> int:
-    """A non-blocking connect()'s errno so far: 0 when connected, the error
-    when it failed, ``unconnected`` while there is no answer yet."""
-    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if code == 0:
-        try:
-            sock.getpeername()
-        except OSError:
-            return unconnected
-    return code
-
-
 @implementer(IWriteDescriptor)
 class _SocketAttempt:
     """
@@ -327,7 +264,7 @@ class _SocketAttempt:
         self,
         reactor: IPortendReactor,
         timeout: float,
-        make_socket: Callable[[int], socket.socket] = socket.socket,
+        make_socket: Callable[[int], socket.socket] = new_socket,
     ) -> None:
         self.result: Deferred[Outcome] = Deferred(self._cancel)
         self.timeout = timeout
@@ -337,27 +274,18 @@ class _SocketAttempt:
         self._timer: IDelayedCall | None = None
 
     def connect(self, address: str, port: int) -> Deferred[Outcome]:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
         try:
-            sockaddr = _sockaddr(address, port)
-            sock = self._make_socket(family)
+            sock, outcome = start_connect(address, port, self._make_socket)
         except (OSError, UnicodeError) as e:
             # A scope that names no interface, no socket to be had (EMFILE),
-            # no such address family: this machine's error, not an answer.
+            # no local port left: this machine's error, not an answer.
             self.result.errback(e)
             return self.result
+        if sock is None:
+            assert outcome is not None
+            self.result.callback(outcome)
+            return self.result
         try:
-            sock.setblocking(False)
-            code = sock.connect_ex(sockaddr)
-            if code in _IN_PROGRESS:
-                # On loopback the kernel usually knows the answer already.
-                code = _answer_of(sock, unconnected=errno.EINPROGRESS)
-            if code in _LOCAL_ERRORS:
-                raise OSError(code, os.strerror(code))
-            if code != errno.EINPROGRESS:
-                _close_socket(sock, code == 0)
-                self.result.callback(_outcome_of(code))
-                return self.result
             if math.isfinite(self.timeout):
                 self._timer = self._reactor.callLater(self.timeout, self._expire)
             self._sock = sock  # fileno() answers from here on
@@ -398,7 +326,7 @@ class _SocketAttempt:
     def _answer(self, unconnected: int) -> int:
         if self._sock is None:
             return unconnected
-        return _answer_of(self._sock, unconnected)
+        return answer_of(self._sock, unconnected)
 
     def _release(self) -> socket.socket | None:
         sock = self._sock
@@ -415,9 +343,9 @@ class _SocketAttempt:
         sock = self._release()
         if sock is None:
             return
-        _close_socket(sock, code == 0)
+        close_socket(sock, code)
         if not self.result.called:
-            self.result.callback(_outcome_of(code))
+            self.result.callback(outcome_of(code))
 
     def _cancel(self, d: Deferred[Outcome]) -> None:
         sock = self._release()
@@ -517,6 +445,30 @@ def probe(
     return resolve(r, mapped, port).addCallback(connect_all)
 
 
+def probe_now(host: str, port: int) -> ProbeResult | None:
+    """
+    :func:`probe` without a reactor, for when no waiting is needed: an
+    address literal (or bind address) whose ``connect()`` the kernel answers
+    at once, as on loopback. The answer is the one :func:`probe` would give,
+    from the same start (:func:`~txportend._sockets.start_connect`).
+
+    :return: the :class:`ProbeResult`, or ``None`` when only a real probe
+        can tell (a host name, or a handshake still under way).
+    :raises OSError: for an error of this machine (out of file descriptors,
+        say), as :func:`probe` fails with it.
+    :raises ValueError: for an empty host or a bad port, as :func:`probe`.
+    """
+    check_host(host)
+    port = check_port(port)
+    mapped = client_host(host)
+    if not is_address(mapped):
+        return None
+    outcome = connect_now(mapped, port)
+    if outcome is None:
+        return None
+    return ProbeResult(mapped, port, {mapped: outcome})
+
+
 class _NullFactory(ServerFactory):
     noisy = False
     protocol = Protocol
@@ -610,5 +562,6 @@ __all__ = [
     "connect_once",
     "find_available_local_port",
     "probe",
+    "probe_now",
     "resolve",
 ]

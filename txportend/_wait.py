@@ -23,7 +23,7 @@ from ._hostport import (
     timeout_seconds,
 )
 from ._listeners import ListenWatcher
-from ._probe import Outcome, ProbeResult, probe
+from ._probe import Outcome, ProbeResult, probe, probe_now
 from ._reactor import IPortendReactor, get_reactor
 from ._schedule import IntervalType, default_interval, interval_policy
 
@@ -405,22 +405,56 @@ def assert_free(
         accepted), or :class:`~txportend.HostNotFound`. It can be cancelled.
     :raises ValueError: for an empty host (portend's message) or a bad port.
     """
+    host, number = _assert_free_target(host, port)
+    # None (portend's "no timeout") or a timedelta, as for the waits.
+    seconds = timeout_seconds(timeout)
+    return probe(host, number, seconds, reactor=reactor).addCallback(
+        _judge_free, host, number
+    )
+
+
+def assert_free_now(
+    host: str | Sequence[object], port: int | None = None, timeout: TimeoutType = 1.0
+) -> bool:
+    """
+    :func:`assert_free` without a reactor, when the kernel answers at once
+    (an address literal on loopback, in practice): the blocking API's fast
+    path, which then needs no thread hop. The check and its verdict are
+    :func:`assert_free`'s own.
+
+    :return: ``True`` when it decided (the port is free), ``False`` when
+        only a real probe can tell.
+    :raises PortNotFree: as :func:`assert_free`.
+    :raises ValueError: as :func:`assert_free`.
+    """
+    host, number = _assert_free_target(host, port)
+    timeout_seconds(timeout)  # checked as assert_free checks it
+    result = probe_now(host, number)
+    if result is None:
+        return False
+    _judge_free(result, host, number)
+    return True
+
+
+def _assert_free_target(
+    host: str | Sequence[object], port: int | None
+) -> tuple[str, int]:
+    """``assert_free``'s arguments, checked: ``(host, port)`` or an address
+    tuple as portend takes."""
     if port is None and isinstance(host, Sequence) and not isinstance(host, str):
         host, port = host[:2]  # type: ignore[assignment]
     check_host(host)
-    number = check_port(port)
+    return str(host), check_port(port)
 
-    def judge(result: ProbeResult) -> None:
-        address = result.first_accepting()
-        if address is not None:
-            # A bind address was probed on loopback; name it as given, as
-            # portend (which connects to it directly) does.
-            shown = host if client_host(str(host)) == address else address
-            raise PortNotFree(f"Port {number} is in use on {shown}.")
 
-    # None (portend's "no timeout") or a timedelta, as for the waits.
-    seconds = timeout_seconds(timeout)
-    return probe(str(host), number, seconds, reactor=reactor).addCallback(judge)
+def _judge_free(result: ProbeResult, host: str, port: int) -> None:
+    """Raise PortNotFree when ``result`` shows an address accepting."""
+    address = result.first_accepting()
+    if address is not None:
+        # A bind address was probed on loopback; name it as given, as
+        # portend (which connects to it directly) does.
+        shown = host if client_host(host) == address else address
+        raise PortNotFree(f"Port {port} is in use on {shown}.")
 
 
 class Checker:

@@ -44,6 +44,12 @@ on a *private reactor* and waits for its result.
   closes its sockets. This is best effort: the cancellation runs after the
   calls queued before it, and a name lookup already running in a resolver
   thread finishes (its answer is dropped).
+- **No hop when nothing needs waiting.** :meth:`Checker.assert_free` on an
+  address literal first tries its connection in the calling thread with a
+  non-blocking socket: on loopback the kernel answers within ``connect()``,
+  and that answer decides, with the same check and verdict as the Deferred
+  API's :func:`txportend.assert_free`. Only when the handshake is still
+  under way, or for a host name, does the call go to the private reactor.
 - **Host names** (not address literals) are resolved by Twisted's default
   resolver, ``getaddrinfo`` in the private reactor's thread pool, so a slow
   lookup never blocks the loop. That pool has one worker at most, a daemon
@@ -379,7 +385,8 @@ class Checker:
             the address that accepted.
         :raises ValueError: for an empty host or a bad port.
         """
-        _call(_wait.assert_free, host, port, self.timeout)
+        if not _wait.assert_free_now(host, port, self.timeout):
+            _call(_wait.assert_free, host, port, self.timeout)
 
 
 def free(

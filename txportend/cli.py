@@ -584,16 +584,22 @@ def _already(options: _Options) -> list[_Outcome] | None:
     when every address refuses one. In any other case it returns ``None`` and
     the Deferred core does the waiting.
     """
+    from ._sockets import Outcome, connect_now
+
     started = time.monotonic()
     for _, host, port in options.targets:
         addresses = _loopback_addresses(host, port)
         if addresses is None:
             return None
-        seen = [_connect_now(address, port) for address in addresses]
+        try:
+            # The core's own start of a probe, with no waiting.
+            seen = [connect_now(address, port) for address in addresses]
+        except (OSError, UnicodeError):
+            return None  # this machine's error: the core will say what it is
         if options.want == "occupied":
-            there = "accepted" in seen
+            there = Outcome.ACCEPTED in seen
         else:
-            there = all(outcome == "refused" for outcome in seen)
+            there = all(outcome is Outcome.REFUSED for outcome in seen)
         if not there:
             return None
     seconds = time.monotonic() - started
@@ -633,31 +639,6 @@ def _loopback_addresses(host: str, port: int) -> list[str] | None:
     if addresses and all(map(is_loopback, addresses)):
         return addresses
     return None
-
-
-def _connect_now(address: str, port: int) -> str:
-    """One blocking connection attempt: accepted, refused, or other."""
-    import errno
-    import socket
-
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    try:
-        attempt = socket.socket(family, socket.SOCK_STREAM)
-    except OSError:
-        return "other"
-    with attempt:
-        attempt.settimeout(0.1)
-        try:
-            code = attempt.connect_ex((address, port))
-        except OSError:
-            return "other"
-        if code == 0:
-            # Close with a reset, as the core does: no TIME_WAIT left behind.
-            from ._sockets import reset_on_close
-
-            reset_on_close(attempt)
-            return "accepted"
-        return "refused" if code == errno.ECONNREFUSED else "other"
 
 
 def _describe(error: BaseException | None) -> str:
