@@ -353,12 +353,18 @@ class _SocketAttempt:
             sock.close()
 
 
+_posix_reactor: type | None = None
+
+
 def _has_own_sockets(reactor: IPortendReactor) -> bool:
     """Whether ``reactor`` is one of Twisted's POSIX reactors, whose
     ``addWriter`` watches a plain socket (not IOCP, not a test double)."""
-    from twisted.internet.posixbase import PosixReactorBase
+    global _posix_reactor
+    if _posix_reactor is None:  # imported once, on a probe's hot path
+        from twisted.internet.posixbase import PosixReactorBase
 
-    return isinstance(reactor, PosixReactorBase)
+        _posix_reactor = PosixReactorBase
+    return isinstance(reactor, _posix_reactor)
 
 
 def connect_once(
@@ -422,27 +428,36 @@ def probe(
     """
     check_host(host)
     port = check_port(port)
-    r = get_reactor(reactor)
-    mapped = client_host(host)
+    return probe_checked(get_reactor(reactor), client_host(host), port, timeout)
+
+
+def probe_checked(
+    reactor: IPortendReactor, host: str, port: int, timeout: float
+) -> Deferred[ProbeResult]:
+    """
+    :func:`probe` with its arguments already checked, and bind addresses
+    already mapped (:func:`~txportend.client_host`): what a wait calls for
+    each of its probes.
+    """
 
     def connect_all(addresses: list[str]) -> Deferred[ProbeResult]:
         if len(addresses) == 1:  # the common case, without a DeferredList
             (address,) = addresses
-            return connect_once(r, address, port, timeout).addCallback(
-                lambda outcome: ProbeResult(mapped, port, {address: outcome})
+            return connect_once(reactor, address, port, timeout).addCallback(
+                lambda outcome: ProbeResult(host, port, {address: outcome})
             )
-        attempts = [connect_once(r, a, port, timeout) for a in addresses]
+        attempts = [connect_once(reactor, a, port, timeout) for a in addresses]
         gathered: Deferred[list[Outcome]] = gatherResults(attempts, consumeErrors=True)
         return gathered.addCallbacks(
             lambda outcomes: ProbeResult(
-                mapped, port, dict(zip(addresses, outcomes, strict=True))
+                host, port, dict(zip(addresses, outcomes, strict=True))
             ),
             _first_error,
         )
 
-    if is_address(mapped):
-        return connect_all([mapped])
-    return resolve(r, mapped, port).addCallback(connect_all)
+    if is_address(host):
+        return connect_all([host])
+    return resolve(reactor, host, port).addCallback(connect_all)
 
 
 def probe_now(host: str, port: int) -> ProbeResult | None:
@@ -562,6 +577,7 @@ __all__ = [
     "connect_once",
     "find_available_local_port",
     "probe",
+    "probe_checked",
     "probe_now",
     "resolve",
 ]

@@ -23,7 +23,7 @@ from ._hostport import (
     timeout_seconds,
 )
 from ._listeners import ListenWatcher
-from ._probe import Outcome, ProbeResult, probe, probe_now
+from ._probe import Outcome, ProbeResult, probe, probe_checked, probe_now
 from ._reactor import IPortendReactor, get_reactor
 from ._schedule import IntervalType, default_interval, interval_policy
 
@@ -112,6 +112,7 @@ class _Wait:
         self._reactor = reactor
         self._retry_unresolved = retry_unresolved
         self._host = host
+        self._target = client_host(host)  # what each probe connects to
         self._port = port
         self._want_occupied = want_occupied
         self._timeout = timeout
@@ -134,7 +135,7 @@ class _Wait:
         self._shared.active += 1
         if math.isfinite(self._timeout):
             self._deadline = self._reactor.callLater(self._timeout, self._expire)
-        if is_loopback(client_host(self._host)):
+        if is_loopback(self._target):
             self._watch()
         crowd = self._shared.active - PROBE_BURST
         if crowd > 0:
@@ -160,8 +161,8 @@ class _Wait:
     def _probe(self) -> None:
         self._next = None
         try:
-            self._inflight = probe(
-                self._host, self._port, self._probe_timeout, reactor=self._reactor
+            self._inflight = probe_checked(
+                self._reactor, self._target, self._port, self._probe_timeout
             )
         except Exception:
             self._inflight = fail()
