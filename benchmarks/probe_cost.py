@@ -32,6 +32,11 @@ process), one probe after another, reporting user and system CPU per probe
     a probe and of the reactor waking up for it.
 ``timer only``
     A ``callLater(0)`` chain doing nothing: the reactor's cost per wake-up.
+
+Then the cost of waking up after a pause, which polling pays once per probe
+(``wakeups``): CPU per wake-up of ``time.sleep(pause)``, of a bare
+``epoll.poll(pause)``, and of a Twisted epoll reactor's ``callLater(pause)``
+chain, for pauses from 1 to 100 ms, each over about 0.6 s.
 """
 
 from __future__ import annotations
@@ -193,6 +198,52 @@ def measure(n: int) -> dict[str, dict[str, Any]]:
     return results
 
 
+WAKEUP_PAUSES = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+def wakeups() -> dict[str, dict[str, float]]:
+    """CPU (µs) per wake-up after each pause, three ways (see above)."""
+    import select
+
+    from twisted.internet.epollreactor import EPollReactor
+
+    def cpu() -> float:
+        return sum(_usage())
+
+    results: dict[str, dict[str, float]] = {}
+    for pause in WAKEUP_PAUSES:
+        n = max(6, int(0.6 / pause))
+        row: dict[str, float] = {}
+        started = cpu()
+        for _ in range(n):
+            time.sleep(pause)
+        row["sleep"] = (cpu() - started) / n * 1e6
+        poller = select.epoll()
+        started = cpu()
+        for _ in range(n):
+            poller.poll(pause)
+        row["epoll"] = (cpu() - started) / n * 1e6
+        poller.close()
+        reactor = EPollReactor()  # type: ignore[no-untyped-call]
+        left = [n]
+
+        def tick(
+            reactor: Any = reactor, left: list[int] = left, pause: float = pause
+        ) -> None:
+            left[0] -= 1
+            if left[0] > 0:
+                reactor.callLater(pause, tick)
+            else:
+                reactor.stop()
+
+        reactor.callLater(pause, tick)
+        started = cpu()
+        reactor.run(installSignalHandlers=False)
+        row["reactor"] = (cpu() - started) / n * 1e6
+        results[f"{pause * 1000:g} ms"] = row
+    return results
+
+
 def _portend_probe(checker: Any, port: int) -> bool:
     try:
         checker.assert_free(LOOPBACK, port)
@@ -215,9 +266,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{layer:<18} {outcome:<9} {f['wall_us']:8.1f} "
                 f"{f['user_us']:8.1f} {f['sys_us']:8.1f}"
             )
+    woken = wakeups()
+    print()
+    print(f"{'pause':<18} {'sleep':>8} {'epoll':>8} {'reactor':>8}")
+    print("(microseconds of CPU per wake-up)")
+    for pause, row in woken.items():
+        print(
+            f"{pause:<18} {row['sleep']:8.1f} {row['epoll']:8.1f} {row['reactor']:8.1f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"probes": results, "wakeups": woken}, f, indent=1)
     return results
 
 
