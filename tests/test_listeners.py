@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import txportend
 from txportend._listeners import (
-    WATCH_MAX_PAUSE,
+    WATCH_PAUSE,
     WATCH_THRESHOLD,
     ListenWatcher,
     listening_ports,
@@ -68,6 +68,8 @@ def test_watcher_reads_only_with_enough_subscribers() -> None:
     clock.advance(0)
     assert table.readings == 1
     watcher.unsubscribe(2000, "last")
+    clock.advance(WATCH_PAUSE)  # the next turn stops, without reading
+    assert table.readings == 1
     assert clock.getDelayedCalls() == []
 
 
@@ -82,13 +84,13 @@ def test_watcher_calls_back_on_changes_only() -> None:
     clock.advance(0)  # first reading: everyone learns the state
     assert sorted(seen) == [(1000 + n, False) for n in range(WATCH_THRESHOLD)]
     seen.clear()
-    clock.advance(WATCH_MAX_PAUSE)
+    clock.advance(WATCH_PAUSE)
     assert seen == []
     table.ports.add(1003)
-    clock.advance(WATCH_MAX_PAUSE)
+    clock.advance(WATCH_PAUSE)
     assert seen == [(1003, True)]
     table.ports.clear()
-    clock.advance(WATCH_MAX_PAUSE)
+    clock.advance(WATCH_PAUSE)
     assert seen == [(1003, True), (1003, False)]
 
 
@@ -111,7 +113,7 @@ def test_watcher_pause_is_capped() -> None:
     for n in range(WATCH_THRESHOLD):
         watcher.subscribe(n + 1, n, lambda listening: None)
     for _ in range(300):  # bounded
-        clock.advance(WATCH_MAX_PAUSE)
+        clock.advance(WATCH_PAUSE)
     # Never a longer pause than the cap: one reading at each step.
     assert table.readings == 300
     for n in range(WATCH_THRESHOLD):
@@ -155,7 +157,7 @@ def test_the_table_wakes_a_wait_before_its_turn() -> None:
     reactor.advance(0)  # the watcher's first reading
     assert len(attempts(reactor)) == WATCH_THRESHOLD
     table.ports.add(1002)
-    reactor.advance(WATCH_MAX_PAUSE)
+    reactor.advance(WATCH_PAUSE)
     assert attempts(reactor)[-1] == ("127.0.0.1", 1002)  # probed at once
     accept(reactor)
     success(waits[2])
@@ -173,7 +175,7 @@ def test_a_hint_during_a_probe_probes_again_after_it() -> None:
     reactor.advance(30)  # every wait has a probe in flight now
     assert len(attempts(reactor)) == 2 * WATCH_THRESHOLD
     table.ports.add(1000)
-    reactor.advance(WATCH_MAX_PAUSE)  # the hint arrives mid-probe
+    reactor.advance(WATCH_PAUSE)  # the hint arrives mid-probe
     refuse(reactor, WATCH_THRESHOLD)  # that probe started too early
     reactor.advance(0)
     assert attempts(reactor)[-1] == ("127.0.0.1", 1000)
@@ -236,11 +238,11 @@ def test_watcher_rides_out_a_passing_failure() -> None:
         )
     clock.advance(0)
     table.available = False
-    clock.advance(WATCH_MAX_PAUSE)
+    clock.advance(WATCH_PAUSE)
     assert watcher.available
     table.available = True
     table.ports.add(1000)
-    clock.advance(WATCH_MAX_PAUSE)
+    clock.advance(WATCH_PAUSE)
     assert seen == [False, True]
     for n in range(WATCH_THRESHOLD):
         watcher.unsubscribe(1000 + n, n)
@@ -329,6 +331,30 @@ def test_dropping_below_the_threshold_forgets_the_last_reading() -> None:
     clock.advance(0)
     assert watcher.listening(2001) is None
     assert clock.getDelayedCalls() == []
+
+
+def test_waits_left_when_the_watcher_stops_probe_at_their_own_pace() -> None:
+    """Most waits finish on one reading and the watcher stops: the few left,
+    paced on the table's word (count / WATCHED_PROBE_BUDGET, seconds with
+    many waits), probe at once and then at their own pace."""
+    count = 100
+    table = Table()
+    reactor, waits = _many_waits(table, count)
+    reactor.advance(0)  # the watcher's first reading: nothing listens
+    for n in range(count):
+        refuse(reactor, n)
+    assert max(_next_probe_pauses(reactor)) == count / WATCHED_PROBE_BUDGET
+    table.ports.update(range(1000, 1000 + count - 1))  # all but the last
+    reactor.advance(WATCH_PAUSE)
+    for n in range(count, 2 * count - 1):
+        accept(reactor, n)  # the hinted probes
+    reactor.advance(WATCH_PAUSE)  # the watcher's next turn stops it
+    assert attempts(reactor)[-1] == ("127.0.0.1", 1000 + count - 1)
+    refuse(reactor)
+    assert _next_probe_pauses(reactor)[0] < 0.01  # the default schedule
+    for d in waits:
+        d.cancel()
+    assert reactor.getDelayedCalls() == []
 
 
 def test_a_failing_callback_does_not_stop_the_readings() -> None:

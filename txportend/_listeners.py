@@ -18,8 +18,6 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._schedule import default_interval
-
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -101,8 +99,9 @@ def listening_ports() -> frozenset[int] | None:
 WATCH_THRESHOLD = 8
 #: Failed readings in a row after which the table counts as unreadable.
 WATCH_MAX_FAILURES = 5
-#: The most time between two readings while the watcher runs.
-WATCH_MAX_PAUSE = 0.005
+#: The time from the start of one reading to the next while the watcher runs
+#: (longer when a reading is expensive: see WATCH_COST_FACTOR).
+WATCH_PAUSE = 0.005
 #: The watcher spends at most about 1/WATCH_COST_FACTOR of its time reading.
 WATCH_COST_FACTOR = 10
 
@@ -111,11 +110,15 @@ class ListenWatcher:
     """
     Reads the listening table on a schedule while enough local waits are
     subscribed, and calls a wait's callback with ``True`` when its port
-    starts listening, ``False`` when it stops.
+    starts listening, ``False`` when it stops, and ``None`` when the watcher
+    stops reading (too few waits left, or a table that can't be read): a
+    wait that paced its probes on the table's word then goes back to its
+    own schedule.
 
-    The schedule starts fast (the default polling schedule) and is capped at
-    :data:`WATCH_MAX_PAUSE`, and stretched so that reading the table takes
-    no more than a tenth of the time however many sockets it lists.
+    A reading starts every :data:`WATCH_PAUSE`, counted from the start of
+    the previous one (so after a turn spent waking many waits the next is
+    due at once), stretched so that reading the table takes no more than a
+    tenth of the time however many sockets it lists.
 
     :param reactor: provides ``callLater``.
     :param read: the table reader (:func:`listening_ports` by default).
@@ -130,11 +133,10 @@ class ListenWatcher:
         # keep its reactor alive.
         self._reactor = weakref.ref(reactor)
         self._read = read
-        self._subscribers: dict[int, dict[object, Callable[[bool], None]]] = {}
+        self._subscribers: dict[int, dict[object, Callable[[bool | None], None]]] = {}
         self._count = 0
         self._last: frozenset[int] | None = None
         self._fresh: set[int] = set()
-        self._readings = 0
         self._failures = 0
         self._ever_read = False
         self._call: IDelayedCall | None = None
@@ -142,14 +144,14 @@ class ListenWatcher:
         self.available = True
 
     def subscribe(
-        self, port: int, token: object, callback: Callable[[bool], None]
+        self, port: int, token: object, callback: Callable[[bool | None], None]
     ) -> None:
-        """Call ``callback(listening)`` when ``port`` changes state."""
+        """Call ``callback(listening)`` when ``port`` changes state, and
+        ``callback(None)`` when the watcher stops reading the table."""
         self._subscribers.setdefault(port, {})[token] = callback
         self._fresh.add(port)
         self._count += 1
         if self._call is None and self.available and self._count >= WATCH_THRESHOLD:
-            self._readings = 0
             self._call = self._call_later(0)
 
     def unsubscribe(self, port: int, token: object) -> None:
@@ -160,13 +162,22 @@ class ListenWatcher:
         self._count -= 1
         if not callbacks:
             del self._subscribers[port]
-        if self._count < WATCH_THRESHOLD:
-            # Stop reading, and forget the last reading: it would go stale.
-            if self._call is not None and self._call.active():
-                self._call.cancel()
-            self._call = None
-            self._last = None
-            self._fresh = set()
+        if self._count == 0 or (self._count < WATCH_THRESHOLD and self._last is None):
+            self._release()
+        # Below the threshold with waits left, the next reading releases them.
+
+    def _release(self) -> None:
+        """Stop reading, forget the last reading (it would go stale), and
+        tell the waits left, which may have paced their probes on its word."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        watched, self._last = self._last is not None, None
+        self._fresh = set()
+        if watched:
+            for callbacks in list(self._subscribers.values()):
+                for callback in list(callbacks.values()):
+                    callback(None)
 
     def _call_later(self, delay: float) -> IDelayedCall | None:
         reactor = self._reactor()
@@ -178,6 +189,9 @@ class ListenWatcher:
 
     def _tick(self) -> None:
         self._call = None
+        if self._count < WATCH_THRESHOLD:
+            self._release()
+            return
         started = time.perf_counter()
         ports = self._read()
         cost = time.perf_counter() - started
@@ -186,9 +200,9 @@ class ListenWatcher:
             if not self._ever_read or self._failures >= WATCH_MAX_FAILURES:
                 # Unreadable here: leave every wait to its own probing.
                 self.available = False
-                self._last = None
+                self._release()
                 return
-            self._schedule(cost)  # a passing failure (a busy kernel): retry
+            self._schedule(started, cost)  # a passing failure (a busy kernel): retry
             return
         self._failures = 0
         self._ever_read = True
@@ -208,13 +222,14 @@ class ListenWatcher:
                 for callback in list(self._subscribers.get(port, {}).values()):
                     callback(listening)
         finally:
-            self._schedule(cost)
+            self._schedule(started, cost)
 
-    def _schedule(self, cost: float) -> None:
-        if self._count >= WATCH_THRESHOLD and self._call is None:
-            pause = max(
-                min(default_interval(self._readings), WATCH_MAX_PAUSE),
-                cost * WATCH_COST_FACTOR,
-            )
-            self._readings += 1
-            self._call = self._call_later(pause)
+    def _schedule(self, started: float, cost: float) -> None:
+        if self._count < WATCH_THRESHOLD:
+            self._release()  # the waits finished by this reading left too few
+        elif self._call is None:
+            pause = max(WATCH_PAUSE, cost * WATCH_COST_FACTOR)
+            # From the start of this reading: after waking many waits, each
+            # confirming with a connection, the next reading is due at once.
+            busy = time.perf_counter() - started
+            self._call = self._call_later(max(pause - busy, 0.0))

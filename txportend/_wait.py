@@ -180,9 +180,10 @@ class _Wait:
             self._watch()
         self._again()
 
-    def _hint(self, listening: bool) -> None:
-        """The listening table says the port now listens (or not)."""
-        if self._done or listening != self._want_occupied:
+    def _hint(self, listening: bool | None) -> None:
+        """The listening table says the port now listens (or not); ``None``:
+        the table is no longer read, so a pause stretched on its word ends."""
+        if self._done or listening not in (None, self._want_occupied):
             return
         if self._next is not None:
             self._next.cancel()
