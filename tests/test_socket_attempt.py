@@ -21,6 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from txportend import Outcome
 from txportend._probe import _SocketAttempt
 
+from .fakes import assert_closed_at_once
+
 _tc = SynchronousTestCase()
 success = _tc.successResultOf
 failure = _tc.failureResultOf
@@ -77,15 +79,7 @@ def test_accepted_and_reset(listener: socket.socket) -> None:
     assert success(d) is Outcome.ACCEPTED
     assert clock.writers == set()
     assert clock.getDelayedCalls() == []
-    listener.settimeout(5)
-    conn, _ = listener.accept()
-    with conn:
-        conn.settimeout(5)
-        try:
-            data = conn.recv(1)
-        except ConnectionResetError:
-            data = b""
-        assert data == b""  # closed at once, nothing sent
+    assert_closed_at_once(listener)
 
 
 class ScriptedSocket:
