@@ -495,6 +495,13 @@ def test_calling_from_the_private_reactor_thread_raises_instead_of_deadlocking(
     assert kind == "RuntimeError"
     assert "deadlock" in message
     assert "Deferred API" in message
+    # Checker().assert_free too, though the kernel could answer it at once.
+    loop.call_from_thread(
+        lambda: box.put(
+            outcome(lambda: blocking.Checker().assert_free("127.0.0.1", closed_v4))
+        )
+    )
+    assert box.get(timeout=10)[0] == "RuntimeError"
     # The private reactor is still fine.
     assert outcome(lambda: blocking.free("127.0.0.1", closed_v4, 0)) == (
         "returned",

@@ -9,6 +9,7 @@ every loop has a bound, and nothing asserts on timing.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -885,6 +886,27 @@ def test_main_returns_none_when_already_free_with_json(
     assert cli.main([f"0.0.0.0:{closed}", "free", "--json"]) is None
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert (record["target"], record["state"]) == (f"0.0.0.0:{closed}", "free")
+
+
+def test_the_quick_look_judges_each_address_on_its_own(
+    listening: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``localhost`` as ::1 and 127.0.0.1 on a machine without IPv6: the
+    address that can't be tried says nothing of the one that accepts."""
+    from txportend import _sockets
+
+    real = _sockets.connect_now
+
+    def no_ipv6(address: str, port: int) -> Any:
+        if ":" in address:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported")
+        return real(address, port)
+
+    monkeypatch.setattr(cli, "_loopback_addresses", lambda h, p: ["::1", "127.0.0.1"])
+    monkeypatch.setattr(_sockets, "connect_now", no_ipv6)
+    options = cli._parse([f"localhost:{listening}", "occupied"])
+    outcomes = cli._already(options)
+    assert outcomes is not None and [o.state for o in outcomes] == ["occupied"]
 
 
 def run_python(code: str) -> str:

@@ -385,6 +385,9 @@ class Checker:
             the address that accepted.
         :raises ValueError: for an empty host or a bad port.
         """
+        loop = _loop
+        if loop is not None and threading.get_ident() == loop.ident:
+            raise RuntimeError(_SAME_THREAD)  # as _call would, whatever the kernel says
         if not _wait.assert_free_now(host, port, self.timeout):
             _call(_wait.assert_free, host, port, self.timeout)
 

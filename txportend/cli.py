@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from ._reactor import IPortendReactor
+    from ._sockets import Outcome
 
 __all__ = ["main"]
 
@@ -220,7 +221,7 @@ def _parser() -> _Parser:
         type=_interval,
         default=None,
         metavar="DURATION",
-        help="pause between probes (default: from 1ms growing to 100ms)",
+        help="pause between probes (default: 5ms at first, growing to 100ms)",
     )
     parser.add_argument(
         "--json",
@@ -584,18 +585,16 @@ def _already(options: _Options) -> list[_Outcome] | None:
     when every address refuses one. In any other case it returns ``None`` and
     the Deferred core does the waiting.
     """
-    from ._sockets import Outcome, connect_now
+    from ._sockets import Outcome
 
     started = time.monotonic()
     for _, host, port in options.targets:
         addresses = _loopback_addresses(host, port)
         if addresses is None:
             return None
-        try:
-            # The core's own start of a probe, with no waiting.
-            seen = [connect_now(address, port) for address in addresses]
-        except (OSError, UnicodeError):
-            return None  # this machine's error: the core will say what it is
+        # The core's own start of a probe, with no waiting; one address this
+        # machine can't try (no IPv6 here, say) says nothing of the others.
+        seen = [_look(address, port) for address in addresses]
         if options.want == "occupied":
             there = Outcome.ACCEPTED in seen
         else:
@@ -610,6 +609,17 @@ def _already(options: _Options) -> list[_Outcome] | None:
         outcome.seconds = seconds
         outcomes.append(outcome)
     return outcomes
+
+
+def _look(address: str, port: int) -> Outcome | None:
+    """``connect_now``, with this machine's errors as no answer: the core
+    says what they are, if it comes to that."""
+    from ._sockets import connect_now
+
+    try:
+        return connect_now(address, port)
+    except (OSError, UnicodeError):
+        return None
 
 
 def _loopback_addresses(host: str, port: int) -> list[str] | None:
