@@ -336,7 +336,7 @@ def test_dropping_below_the_threshold_forgets_the_last_reading() -> None:
 def test_waits_left_when_the_watcher_stops_probe_at_their_own_pace() -> None:
     """Most waits finish on one reading and the watcher stops: the few left,
     paced on the table's word (count / WATCHED_PROBE_BUDGET, seconds with
-    many waits), probe at once and then at their own pace."""
+    many waits), go back to the plain budget's pace."""
     count = 100
     table = Table()
     reactor, waits = _many_waits(table, count)
@@ -349,6 +349,9 @@ def test_waits_left_when_the_watcher_stops_probe_at_their_own_pace() -> None:
     for n in range(count, 2 * count - 1):
         accept(reactor, n)  # the hinted probes
     reactor.advance(WATCH_PAUSE)  # the watcher's next turn stops it
+    # Its pause shrinks back to the plain budget's (count / PROBE_BUDGET).
+    assert _next_probe_pauses(reactor)[0] <= count / PROBE_BUDGET
+    reactor.advance(count / PROBE_BUDGET)
     assert attempts(reactor)[-1] == ("127.0.0.1", 1000 + count - 1)
     refuse(reactor)
     assert _next_probe_pauses(reactor)[0] < 0.01  # the default schedule

@@ -129,6 +129,8 @@ class _Wait:
         self._shared = shared_for(reactor)
         self._watching = False
         self._hinted = False
+        # How much the table's word stretched the pending pause (1: not).
+        self._stretch = 1.0
         self.result: Deferred[None] = Deferred(lambda d: self._stop())
 
     def start(self) -> Deferred[None]:
@@ -185,6 +187,16 @@ class _Wait:
         the table is no longer read, so a pause stretched on its word ends."""
         if self._done or listening not in (None, self._want_occupied):
             return
+        if listening is None:
+            # Back to the plain pace, keeping each wait's place in it: a pause
+            # stretched k times shrinks k times, so the waits left do not all
+            # probe in one turn (the budget still holds).
+            if self._next is not None and self._stretch > 1.0:
+                left = max(self._next.getTime() - self._reactor.seconds(), 0.0)
+                self._next.cancel()
+                self._next = self._reactor.callLater(left / self._stretch, self._probe)
+            self._stretch = 1.0
+            return
         if self._next is not None:
             self._next.cancel()
             self._probe()
@@ -211,6 +223,7 @@ class _Wait:
         if self._expired:
             self._finish(self._timeout_error())
             return
+        self._stretch = 1.0
         if self._hinted:
             self._hinted = False
             pause = 0.0
@@ -235,7 +248,10 @@ class _Wait:
             elif known != self._want_occupied:
                 # The table will wake this wait; probing is only the safety
                 # net for what the table can't see (another namespace, say).
+                plain = max(pause, self._shared.active / PROBE_BUDGET)
                 pause = max(pause, self._shared.active / WATCHED_PROBE_BUDGET)
+                if plain > 0:
+                    self._stretch = pause / plain
         self._next = self._reactor.callLater(pause, self._probe)
 
     def _expire(self) -> None:
