@@ -336,7 +336,7 @@ def test_dropping_below_the_threshold_forgets_the_last_reading() -> None:
 def test_waits_left_when_the_watcher_stops_probe_at_their_own_pace() -> None:
     """Most waits finish on one reading and the watcher stops: the few left,
     paced on the table's word (count / WATCHED_PROBE_BUDGET, seconds with
-    many waits), go back to the plain budget's pace."""
+    many waits), go back to the plain budget's pace for the waits left."""
     count = 100
     table = Table()
     reactor, waits = _many_waits(table, count)
@@ -348,13 +348,36 @@ def test_waits_left_when_the_watcher_stops_probe_at_their_own_pace() -> None:
     reactor.advance(WATCH_PAUSE)
     for n in range(count, 2 * count - 1):
         accept(reactor, n)  # the hinted probes
-    reactor.advance(WATCH_PAUSE)  # the watcher's next turn stops it
-    # Its pause shrinks back to the plain budget's (count / PROBE_BUDGET).
-    assert _next_probe_pauses(reactor)[0] <= count / PROBE_BUDGET
-    reactor.advance(count / PROBE_BUDGET)
+    # The watcher's next turn stops it; for the one wait left, the plain
+    # budget's pause is long over: it probes at once.
+    reactor.advance(WATCH_PAUSE)
     assert attempts(reactor)[-1] == ("127.0.0.1", 1000 + count - 1)
     refuse(reactor)
     assert _next_probe_pauses(reactor)[0] < 0.01  # the default schedule
+    for d in waits:
+        d.cancel()
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_table_turning_unreadable_does_not_make_every_wait_probe_at_once() -> None:
+    """The waits go back to the plain budget (count / PROBE_BUDGET from when
+    their pause began), keeping their places, not all in one turn."""
+    count = 100
+    table = Table()
+    reactor, waits = _many_waits(table, count)
+    reactor.advance(0)  # the watcher's first reading: nothing listens
+    for n in range(count):
+        refuse(reactor, n)
+    assert max(_next_probe_pauses(reactor)) == count / WATCHED_PROBE_BUDGET
+    table.available = False
+    for _ in range(10):  # bounded: the watcher gives up after a few failures
+        reactor.advance(WATCH_PAUSE)
+    assert not shared_for(reactor).watcher.available
+    assert len(attempts(reactor)) == count  # no probe in the meantime
+    elapsed = 10 * WATCH_PAUSE
+    pauses = [p for p in _next_probe_pauses(reactor) if p < 1]  # not deadlines
+    assert len(pauses) == count
+    assert all(p == pytest.approx(count / PROBE_BUDGET - elapsed) for p in pauses)
     for d in waits:
         d.cancel()
     assert reactor.getDelayedCalls() == []

@@ -129,8 +129,9 @@ class _Wait:
         self._shared = shared_for(reactor)
         self._watching = False
         self._hinted = False
-        # How much the table's word stretched the pending pause (1: not).
-        self._stretch = 1.0
+        # When the pending pause began and the policy's part of it, if the
+        # table's word stretched it (None: it didn't).
+        self._stretched: tuple[float, float] | None = None
         self.result: Deferred[None] = Deferred(lambda d: self._stop())
 
     def start(self) -> Deferred[None]:
@@ -188,20 +189,32 @@ class _Wait:
         if self._done or listening not in (None, self._want_occupied):
             return
         if listening is None:
-            # Back to the plain pace, keeping each wait's place in it: a pause
-            # stretched k times shrinks k times, so the waits left do not all
-            # probe in one turn (the budget still holds).
-            if self._next is not None and self._stretch > 1.0:
-                left = max(self._next.getTime() - self._reactor.seconds(), 0.0)
-                self._next.cancel()
-                self._next = self._reactor.callLater(left / self._stretch, self._probe)
-            self._stretch = 1.0
+            self._unstretch()
             return
         if self._next is not None:
             self._next.cancel()
             self._probe()
         else:
             self._hinted = True  # a probe is in flight: probe again after it
+
+    def _unstretch(self) -> None:
+        """
+        The table is no longer read: a pause stretched on its word ends when
+        the plain budget, for the waits running now, would have ended it. A
+        few waits left probe about at once; many (a table that turned
+        unreadable) keep their places in the budget instead of all probing
+        in one turn.
+        """
+        stretched, self._stretched = self._stretched, None
+        if stretched is None or self._next is None:
+            return
+        began, policy_pause = stretched
+        plain = max(policy_pause, self._shared.active / PROBE_BUDGET)
+        now = self._reactor.seconds()
+        due = max(began + plain, now)
+        if due < self._next.getTime():
+            self._next.cancel()
+            self._next = self._reactor.callLater(due - now, self._probe)
 
     def _probe_failed(self, failure: Failure) -> None:
         if self._done:
@@ -223,7 +236,7 @@ class _Wait:
         if self._expired:
             self._finish(self._timeout_error())
             return
-        self._stretch = 1.0
+        self._stretched = None
         if self._hinted:
             self._hinted = False
             pause = 0.0
@@ -248,10 +261,8 @@ class _Wait:
             elif known != self._want_occupied:
                 # The table will wake this wait; probing is only the safety
                 # net for what the table can't see (another namespace, say).
-                plain = max(pause, self._shared.active / PROBE_BUDGET)
+                self._stretched = (self._reactor.seconds(), pause)
                 pause = max(pause, self._shared.active / WATCHED_PROBE_BUDGET)
-                if plain > 0:
-                    self._stretch = pause / plain
         self._next = self._reactor.callLater(pause, self._probe)
 
     def _expire(self) -> None:
