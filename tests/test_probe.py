@@ -4,6 +4,7 @@ probe(), can_bind() and find_available_local_port() on a MemoryReactorClock.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import pytest
@@ -69,6 +70,58 @@ def test_probe_cancel_stops_every_attempt() -> None:
     d.cancel()
     failure(d, CancelledError)
     assert reactor.connectors[1].stoppedConnecting
+    assert reactor.getDelayedCalls() == []
+
+
+@pytest.fixture
+def no_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine can't try IPv6 addresses (IPv6 switched off): connect()
+    says EADDRNOTAVAIL for ::1, as Linux does then."""
+    from twisted.internet.defer import fail
+
+    from txportend import _probe
+
+    real = _probe.connect_once
+
+    def connect_once(reactor: Any, address: str, port: int, timeout: float) -> Any:
+        if ":" in address:
+            return fail(OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"))
+        return real(reactor, address, port, timeout)
+
+    monkeypatch.setattr(_probe, "connect_once", connect_once)
+
+
+@pytest.mark.usefixtures("no_ipv6")
+def test_an_address_this_machine_cant_try_is_unreachable_if_another_answers() -> None:
+    reactor = memory_reactor({"localhost": ["::1", "127.0.0.1"]})
+    d = txportend.probe("localhost", 22, reactor=reactor)
+    accept(reactor)
+    assert success(d).outcomes == {
+        "::1": Outcome.UNREACHABLE,
+        "127.0.0.1": Outcome.ACCEPTED,
+    }
+    d = txportend.probe("localhost", 22, reactor=reactor)
+    refuse(reactor)
+    assert not success(d).accepted
+
+
+@pytest.mark.usefixtures("no_ipv6")
+def test_a_probe_no_address_of_which_can_be_tried_fails_with_the_error() -> None:
+    reactor = memory_reactor({"v6only": ["::1", "::2"]})
+    d = txportend.probe("v6only", 22, reactor=reactor)
+    assert failure(d, OSError).value.errno == errno.EADDRNOTAVAIL
+
+
+@pytest.mark.usefixtures("no_ipv6")
+def test_waits_on_localhost_work_where_ipv6_is_off() -> None:
+    """As portend's do: it skips an address whose connect() fails."""
+    reactor = memory_reactor({"localhost": ["::1", "127.0.0.1"]})
+    d = txportend.occupied("localhost", 22, timeout=5, reactor=reactor)
+    accept(reactor)
+    assert success(d) is None
+    d = txportend.free("localhost", 22, timeout=5, reactor=reactor)
+    refuse(reactor)
+    assert success(d) is None
     assert reactor.getDelayedCalls() == []
 
 

@@ -14,12 +14,12 @@ import math
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -388,13 +388,37 @@ def connect_once(
     return _ProbeFactory(reactor, timeout).connect(address, port)
 
 
-def _first_error(failure: Failure) -> Failure:
-    """Unwrap gatherResults' FirstError, so a cancelled probe fails with
-    CancelledError itself."""
-    if isinstance(failure.value, FirstError):
-        sub: Failure = failure.value.subFailure
-        return sub
-    return failure
+def _judge_all(
+    host: str,
+    port: int,
+    addresses: Sequence[str],
+    results: list[tuple[bool, Any]],
+) -> ProbeResult:
+    """
+    One :class:`ProbeResult` from the attempts on every address of a host
+    (``DeferredList`` results: an :class:`Outcome` or a :class:`Failure`).
+
+    An attempt this machine could not make (an :exc:`OSError` of its own)
+    counts as :attr:`Outcome.UNREACHABLE` when another address gave an
+    answer: ``localhost`` is often ``::1`` and ``127.0.0.1``, and where IPv6
+    is switched off only the second can be tried. When no address could be
+    tried, the probe fails with the first error; any other failure
+    (cancellation) is passed on.
+    """
+    outcomes: dict[str, Outcome] = {}
+    local: list[BaseException] = []
+    for address, (ok, value) in zip(addresses, results, strict=True):
+        if ok:
+            outcomes[address] = value
+            continue
+        error = value.value
+        if not isinstance(error, (OSError, UnicodeError)):
+            raise error
+        local.append(error)
+        outcomes[address] = Outcome.UNREACHABLE
+    if len(local) == len(addresses):
+        raise local[0]
+    return ProbeResult(host, port, outcomes)
 
 
 def probe(
@@ -423,7 +447,11 @@ def probe(
         :class:`~txportend.HostNotFound` when the name does not resolve, or
         with the :exc:`OSError` of this machine when it can't make the
         attempt (out of file descriptors, no local port left, an IPv6 scope
-        that names no interface). It can be cancelled.
+        that names no interface). For a name with several addresses, one
+        that can't be tried while another gets an answer (``::1`` where
+        IPv6 is switched off) is :attr:`Outcome.UNREACHABLE` instead; the
+        probe fails only when no address could be tried. It can be
+        cancelled.
     :raises ValueError: for an empty host (portend's message) or a bad port.
     """
     check_host(host)
@@ -447,12 +475,11 @@ def probe_checked(
                 lambda outcome: ProbeResult(host, port, {address: outcome})
             )
         attempts = [connect_once(reactor, a, port, timeout) for a in addresses]
-        gathered: Deferred[list[Outcome]] = gatherResults(attempts, consumeErrors=True)
-        return gathered.addCallbacks(
-            lambda outcomes: ProbeResult(
-                host, port, dict(zip(addresses, outcomes, strict=True))
-            ),
-            _first_error,
+        gathered: Deferred[list[tuple[bool, Any]]] = DeferredList(
+            attempts, consumeErrors=True
+        )
+        return gathered.addCallback(
+            lambda results: _judge_all(host, port, addresses, results)
         )
 
     if is_address(host):

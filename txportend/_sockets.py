@@ -31,7 +31,9 @@ class Outcome(enum.Enum):
     #: No answer before the probe timeout (a dropped SYN, a full backlog, a
     #: firewall). portend counts this as free; here the caller can tell.
     TIMED_OUT = "timed out"
-    #: Any other failure to connect (no route, network unreachable, ...).
+    #: Any other failure to connect (no route, network unreachable, ...), or
+    #: an address this machine can't try while another address of the same
+    #: host got an answer (``::1`` where IPv6 is switched off).
     UNREACHABLE = "unreachable"
 
 
