@@ -333,17 +333,24 @@ def test_dropping_below_the_threshold_forgets_the_last_reading() -> None:
     assert clock.getDelayedCalls() == []
 
 
-def test_waits_left_when_the_watcher_stops_probe_at_their_own_pace() -> None:
-    """Most waits finish on one reading and the watcher stops: the few left,
-    paced on the table's word (count / WATCHED_PROBE_BUDGET, seconds with
-    many waits), go back to the plain budget's pace for the waits left."""
-    count = 100
+def _watched_waits(count: int) -> tuple[Table, Any, list[Any]]:
+    """``count`` waits the table has seen refused, their pauses stretched on
+    its word (count / WATCHED_PROBE_BUDGET)."""
     table = Table()
     reactor, waits = _many_waits(table, count)
     reactor.advance(0)  # the watcher's first reading: nothing listens
     for n in range(count):
         refuse(reactor, n)
     assert max(_next_probe_pauses(reactor)) == count / WATCHED_PROBE_BUDGET
+    return table, reactor, waits
+
+
+def test_waits_left_when_the_watcher_stops_probe_at_their_own_pace() -> None:
+    """Most waits finish on one reading and the watcher stops: the few left,
+    paced on the table's word (count / WATCHED_PROBE_BUDGET, seconds with
+    many waits), go back to the plain budget's pace for the waits left."""
+    count = 100
+    table, reactor, waits = _watched_waits(count)
     table.ports.update(range(1000, 1000 + count - 1))  # all but the last
     reactor.advance(WATCH_PAUSE)
     for n in range(count, 2 * count - 1):
@@ -363,12 +370,7 @@ def test_a_table_turning_unreadable_does_not_make_every_wait_probe_at_once() -> 
     """The waits go back to the plain budget (count / PROBE_BUDGET from when
     their pause began), keeping their places, not all in one turn."""
     count = 100
-    table = Table()
-    reactor, waits = _many_waits(table, count)
-    reactor.advance(0)  # the watcher's first reading: nothing listens
-    for n in range(count):
-        refuse(reactor, n)
-    assert max(_next_probe_pauses(reactor)) == count / WATCHED_PROBE_BUDGET
+    table, reactor, waits = _watched_waits(count)
     table.available = False
     for _ in range(10):  # bounded: the watcher gives up after a few failures
         reactor.advance(WATCH_PAUSE)

@@ -44,7 +44,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 # connect() on a non-blocking socket: the handshake is under way. (On Linux
 # EAGAIN, which is EWOULDBLOCK, means no local port is left, not "in progress";
 # Windows says WSAEWOULDBLOCK for "in progress".)
-IN_PROGRESS = frozenset(
+_IN_PROGRESS = frozenset(
     {errno.EINPROGRESS, errno.EALREADY}
     | ({errno.EWOULDBLOCK} if sys.platform == "win32" else set())
 )
@@ -145,7 +145,7 @@ def start_connect(
     sock = make_socket(family)
     try:
         code = sock.connect_ex(sockaddr)
-        if code in IN_PROGRESS:
+        if code in _IN_PROGRESS:
             code = answer_of(sock, unconnected=errno.EINPROGRESS)
         if code in _LOCAL_ERRORS:
             raise OSError(code, os.strerror(code))

@@ -317,6 +317,14 @@ def _cancel(pending: _Pending) -> None:
         pending.deferred.cancel()
 
 
+def _refuse_own_thread() -> None:
+    """Raise RuntimeError in the private reactor's own thread, where waiting
+    for a result would deadlock."""
+    loop = _loop
+    if loop is not None and threading.get_ident() == loop.ident:
+        raise RuntimeError(_SAME_THREAD)
+
+
 def _call(function: Callable[..., Deferred[_T]], *args: object, **kwargs: object) -> _T:
     """
     Run ``function(*args, reactor=<private reactor>, **kwargs)`` in the
@@ -326,8 +334,7 @@ def _call(function: Callable[..., Deferred[_T]], *args: object, **kwargs: object
     :raises RuntimeError: when called from the private reactor's thread.
     """
     loop = _get_loop()
-    if threading.get_ident() == loop.ident:
-        raise RuntimeError(_SAME_THREAD)
+    _refuse_own_thread()
     pending = _Pending()
     try:
         loop.call_from_thread(_begin, loop.reactor, pending, function, args, kwargs)
@@ -385,9 +392,7 @@ class Checker:
             the address that accepted.
         :raises ValueError: for an empty host or a bad port.
         """
-        loop = _loop
-        if loop is not None and threading.get_ident() == loop.ident:
-            raise RuntimeError(_SAME_THREAD)  # as _call would, whatever the kernel says
+        _refuse_own_thread()  # as _call would, whatever the kernel says
         if not _wait.assert_free_now(host, port, self.timeout):
             _call(_wait.assert_free, host, port, self.timeout)
 
