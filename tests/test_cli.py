@@ -841,7 +841,7 @@ def test_progress_line_is_redrawn_and_erased() -> None:
     assert stream.getvalue() == (
         "\r\x1b[Ktxportend: 0.2s/30s, waiting until occupied: 127.0.0.1:1"
     )
-    reactor.advance(1.0)  # the first probe of :1 timed out meanwhile
+    refuse(reactor, 0)  # the first probe of :1 was refused
     reactor.advance(0.01)  # and the next one starts
     assert reactor.tcpClients[-1][:2] == ("127.0.0.1", 1)
     accept(reactor, -1)

@@ -19,9 +19,9 @@ from txportend._listeners import (
     ListenWatcher,
     listening_ports,
 )
-from txportend._wait import PROBE_BUDGET, PROBE_BURST, WATCHED_PROBE_BUDGET, shared_for
+from txportend._pacing import PROBE_BUDGET, PROBE_BURST, WATCHED_PROBE_BUDGET, Pacing
 
-from .fakes import accept, attempts, memory_reactor, refuse, time_out
+from .fakes import accept, attempts, memory_reactor, refuse, unreachable
 
 _tc = SynchronousTestCase()
 success = _tc.successResultOf
@@ -123,7 +123,7 @@ def test_watcher_pause_is_capped() -> None:
 
 def _many_waits(table: Table, count: int, **kw: Any) -> tuple[Any, list[Any]]:
     reactor = memory_reactor()
-    shared_for(reactor).watcher = ListenWatcher(reactor, read=table.read)
+    Pacing.of(reactor).watcher = ListenWatcher(reactor, read=table.read)
     waits = [
         txportend.occupied("127.0.0.1", 1000 + n, timeout=60, reactor=reactor, **kw)
         for n in range(count)
@@ -146,7 +146,7 @@ def test_many_waits_share_the_probe_budget() -> None:
     for d in waits:
         d.cancel()
     assert reactor.getDelayedCalls() == []
-    assert shared_for(reactor).active == 0
+    assert Pacing.of(reactor).active == 0
 
 
 def test_the_table_wakes_a_wait_before_its_turn() -> None:
@@ -189,13 +189,13 @@ def test_remote_waits_do_not_subscribe() -> None:
     reactor = memory_reactor({"db": ["192.0.2.10"]})
     d = txportend.occupied("db", 5432, reactor=reactor)
     refuse(reactor)
-    assert shared_for(reactor).watcher._count == 0
+    assert Pacing.of(reactor).watcher._count == 0
     d.cancel()
 
 
 def test_first_probes_beyond_the_burst_are_spread() -> None:
     reactor = memory_reactor()
-    shared_for(reactor).watcher = ListenWatcher(reactor, read=lambda: None)
+    Pacing.of(reactor).watcher = ListenWatcher(reactor, read=lambda: None)
     waits = [
         txportend.occupied("127.0.0.1", 1 + n, timeout=60, reactor=reactor)
         for n in range(PROBE_BURST + 3)
@@ -212,7 +212,7 @@ def test_first_probes_beyond_the_burst_are_spread() -> None:
 
 def test_a_spread_first_probe_still_decides_a_zero_timeout() -> None:
     reactor = memory_reactor()
-    shared_for(reactor).watcher = ListenWatcher(reactor, read=lambda: None)
+    Pacing.of(reactor).watcher = ListenWatcher(reactor, read=lambda: None)
     crowd = [
         txportend.occupied("127.0.0.1", 1 + n, reactor=reactor)
         for n in range(PROBE_BURST)
@@ -271,17 +271,17 @@ def test_watched_waits_probe_rarely_until_the_table_wakes_them() -> None:
 
 
 def test_a_probe_that_misses_a_ready_port_retries_at_the_plain_pace() -> None:
-    """The table says listening but the confirming probe timed out (a SYN
-    dropped under load): no budget stretch for that wait."""
+    """The table says listening but the confirming probe missed it (a
+    connection that failed under load): no budget stretch for that wait."""
     table = Table()
     table.ports.add(1000)
     reactor, waits = _many_waits(table, WATCH_THRESHOLD, interval=0)
     for n in range(1, WATCH_THRESHOLD):
         refuse(reactor, n)  # the others pause on the budget
     reactor.advance(0)  # first reading: the wait on 1000 is woken mid-probe
-    time_out(reactor, 0)
+    unreachable(reactor, 0)
     reactor.advance(0)  # it probes again at once
-    time_out(reactor)  # and misses again
+    unreachable(reactor)  # and misses again
     probe_1000 = waits_probe_of(reactor, 1000)
     (call,) = [c for c in reactor.getDelayedCalls() if c.func == probe_1000]
     assert call.getTime() == reactor.seconds()  # interval=0, not the budget's
@@ -293,16 +293,16 @@ def test_a_probe_that_misses_a_ready_port_retries_at_the_plain_pace() -> None:
 
 def waits_probe_of(reactor: Any, port: int) -> Any:
     """The bound _probe method of the wait on ``port``."""
-    state = shared_for(reactor).watcher
-    (wait,) = state._subscribers[port].keys()
-    return wait._probe  # type: ignore[attr-defined]
+    state = Pacing.of(reactor).watcher
+    (hints,) = state._subscribers[port].keys()
+    return hints._loop._probe  # type: ignore[attr-defined]
 
 
 def test_shared_state_does_not_keep_a_reactor_alive() -> None:
     import gc
     import weakref
 
-    from txportend._wait import _shared
+    from txportend._pacing import _default as _shared
 
     reactor = memory_reactor()
     d = txportend.occupied("127.0.0.1", 80, reactor=reactor)
@@ -374,7 +374,7 @@ def test_a_table_turning_unreadable_does_not_make_every_wait_probe_at_once() -> 
     table.available = False
     for _ in range(10):  # bounded: the watcher gives up after a few failures
         reactor.advance(WATCH_PAUSE)
-    assert not shared_for(reactor).watcher.available
+    assert not Pacing.of(reactor).watcher.available
     assert len(attempts(reactor)) == count  # no probe in the meantime
     elapsed = 10 * WATCH_PAUSE
     pauses = [p for p in _next_probe_pauses(reactor) if p < 1]  # not deadlines

@@ -385,13 +385,39 @@ def test_assert_free_raises_port_not_free_naming_the_address() -> None:
     assert isinstance(f.value, OSError)
 
 
-@pytest.mark.parametrize("outcome", [refuse, time_out, unreachable])
-def test_assert_free_counts_anything_but_accept_as_free(outcome: object) -> None:
+@pytest.mark.parametrize(
+    ("host", "outcome"),
+    [
+        ("127.0.0.1", refuse),
+        ("127.0.0.1", unreachable),
+        ("192.0.2.1", refuse),
+        ("192.0.2.1", time_out),
+        ("192.0.2.1", unreachable),
+    ],
+)
+def test_assert_free_counts_anything_but_a_listener_as_free(
+    host: str, outcome: object
+) -> None:
+    """As portend, except that no answer from loopback (below) is in use."""
     reactor = memory_reactor()
-    d = txportend.Checker(reactor=reactor).assert_free("127.0.0.1", 8080)
+    d = txportend.Checker(reactor=reactor).assert_free(host, 8080)
     outcome(reactor)  # type: ignore[operator]
     assert success(d) is None
     assert reactor.tcpClients[0][2].timeout == 1.0
+
+
+def test_assert_free_and_free_agree_on_a_full_accept_queue() -> None:
+    """No answer from a loopback address is a listener whose accept queue is
+    full: assert_free says in use, as free() keeps waiting (one rule)."""
+    reactor = memory_reactor()
+    d = txportend.Checker(reactor=reactor).assert_free("127.0.0.1", 8080)
+    time_out(reactor)
+    f = failure(d, txportend.PortNotFree)
+    assert str(f.value) == "Port 8080 is in use on 127.0.0.1."
+    waiting = txportend.free("127.0.0.1", 8080, timeout=0, reactor=reactor)
+    time_out(reactor)
+    reactor.advance(0)  # the deadline: the probe decided "not free"
+    failure(waiting, txportend.Timeout)
 
 
 def test_assert_free_accepts_an_address_tuple() -> None:
@@ -424,9 +450,10 @@ def test_wait_fires_exactly_when_the_wanted_state_is_first_seen(
     reactor = memory_reactor()
     wait = txportend.occupied if want else txportend.free
     d = wait("127.0.0.1", 80, timeout=1000, interval=1, reactor=reactor)
-    # occupied ends at the first accept; free at the first refusal or
-    # unreachable (no answer from loopback is a full backlog: not free).
-    ending = {accept} if want else {refuse, unreachable}
+    # One judgement (ProbeResult.state): no answer from loopback is a full
+    # accept queue, occupied; so occupied ends at the first accept or
+    # timeout, free at the first refusal or unreachable.
+    ending = {accept, time_out} if want else {refuse, unreachable}
     expected_end = next((i for i, s in enumerate(steps) if s in ending), None)
     for i, step in enumerate(steps):
         step(reactor)  # type: ignore[operator]

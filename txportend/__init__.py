@@ -20,6 +20,8 @@ from ._hostport import HostPort, client_host
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._monitor import Change, LastProbe, Monitor
+    from ._pacing import Pacing
     from ._probe import (
         Outcome,
         ProbeResult,
@@ -28,10 +30,16 @@ if TYPE_CHECKING:
         probe,
     )
     from ._reactor import IPortendReactor as IPortendReactor
+    from ._result import State
     from ._schedule import default_interval
     from ._wait import Checker, assert_free, free, occupied
 
 _LAZY = {
+    "Change": "._monitor",
+    "LastProbe": "._monitor",
+    "Monitor": "._monitor",
+    "Pacing": "._pacing",
+    "State": "._result",
     "Outcome": "._probe",
     "ProbeResult": "._probe",
     "can_bind": "._probe",
@@ -60,12 +68,17 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Change",
     "Checker",
     "HostNotFound",
     "HostPort",
+    "LastProbe",
+    "Monitor",
     "Outcome",
+    "Pacing",
     "PortNotFree",
     "ProbeResult",
+    "State",
     "Timeout",
     "__version__",
     "assert_free",

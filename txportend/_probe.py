@@ -13,11 +13,9 @@ import errno
 import math
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import (
@@ -33,13 +31,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._errors import HostNotFound
-from ._hostport import check_host, check_port, client_host
+from ._hostport import check_host, check_port, client_host, timeout_seconds
 from ._reactor import IPortendReactor, get_reactor
+from ._result import ProbeResult, is_address
+from ._result import probe_now as _probe_now
 from ._sockets import (
     Outcome,
     answer_of,
     close_socket,
-    connect_now,
     new_socket,
     outcome_of,
     reset_on_close,
@@ -48,39 +47,6 @@ from ._sockets import (
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
-
-
-def is_address(host: str) -> bool:
-    """Whether ``host`` is an IPv4 or IPv6 address literal (not a name)."""
-    return bool(isIPAddress(host) or isIPv6Address(host))
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """
-    The result of :func:`probe`: one outcome per resolved address.
-
-    :ivar host: the host as given (after bind addresses were mapped to
-        loopback).
-    :ivar port: the port probed.
-    :ivar outcomes: address literal to :class:`Outcome`, in resolution order.
-    """
-
-    host: str
-    port: int
-    outcomes: dict[str, Outcome]
-
-    @property
-    def accepted(self) -> bool:
-        """True when at least one address accepted a connection."""
-        return Outcome.ACCEPTED in self.outcomes.values()
-
-    def first_accepting(self) -> str | None:
-        """The first address that accepted, or ``None``."""
-        for address, outcome in self.outcomes.items():
-            if outcome is Outcome.ACCEPTED:
-                return address
-        return None
 
 
 @implementer(IResolutionReceiver)
@@ -109,16 +75,21 @@ class _Receiver:
             )
 
 
-def resolve(reactor: IPortendReactor, host: str, port: int) -> Deferred[list[str]]:
+def resolve(
+    reactor: IPortendReactor, host: str, port: int, timeout: float = math.inf
+) -> Deferred[list[str]]:
     """
     Resolve ``host`` to its IPv4 and IPv6 address literals, without blocking.
 
     Address literals (bind addresses mapped to loopback first) are returned
     as they are; names go through ``reactor.nameResolver``.
 
+    :param timeout: seconds the lookup may take (``math.inf``: no limit).
     :return: a Deferred firing with a non-empty list of address literals, or
-        failing with :class:`~txportend.HostNotFound`. Cancelling it drops the
-        answer when it comes.
+        failing with :class:`~txportend.HostNotFound`: ``EAI_NONAME`` when
+        the name has no address, ``EAI_AGAIN`` when its lookup did not
+        finish within ``timeout``. Cancelling it drops the answer when it
+        comes.
     """
     host = client_host(host)
     if is_address(host):
@@ -139,7 +110,21 @@ def resolve(reactor: IPortendReactor, host: str, port: int) -> Deferred[list[str
         addressTypes=[IPv4Address, IPv6Address],
         transportSemantics="TCP",
     )
+    if math.isfinite(timeout) and not result.called:
+
+        def unfinished(value: object, seconds: float) -> object:
+            raise lookup_unfinished(host, seconds)
+
+        result.addTimeout(timeout, reactor, onTimeoutCancel=unfinished)
     return result
+
+
+def lookup_unfinished(host: str, seconds: float) -> HostNotFound:
+    """The error of a lookup of ``host`` that took longer than ``seconds``."""
+    return HostNotFound(
+        socket.EAI_AGAIN,
+        f"The lookup of {host!r} did not finish within {seconds:g} s.",
+    )
 
 
 class _ProbeProtocol(Protocol):
@@ -388,7 +373,7 @@ def connect_once(
     return _ProbeFactory(reactor, timeout).connect(address, port)
 
 
-def _judge_all(
+def _gather(
     host: str,
     port: int,
     addresses: Sequence[str],
@@ -435,80 +420,87 @@ def probe(
     portend folds this into yes/no and counts a dropped SYN as free; here the
     caller sees :attr:`Outcome.ACCEPTED`, :attr:`~Outcome.REFUSED`,
     :attr:`~Outcome.TIMED_OUT` or :attr:`~Outcome.UNREACHABLE` for each
-    address.
+    address, and :attr:`ProbeResult.state` says what they mean.
 
     :param host: a host name or address; bind addresses (``0.0.0.0``, ``::``)
         are probed on the matching loopback address.
     :param port: the TCP port.
-    :param timeout: seconds each connection attempt may take (``math.inf``:
-        no limit).
+    :param timeout: seconds the whole probe may take, the name lookup
+        included: the connection attempts get what the lookup left
+        (``math.inf``: no limit).
     :param reactor: the reactor to use; the global one by default.
     :return: a Deferred firing with a :class:`ProbeResult`, or failing with
-        :class:`~txportend.HostNotFound` when the name does not resolve, or
-        with the :exc:`OSError` of this machine when it can't make the
-        attempt (out of file descriptors, no local port left, an IPv6 scope
-        that names no interface). For a name with several addresses, one
-        that can't be tried while another gets an answer (``::1`` where
-        IPv6 is switched off) is :attr:`Outcome.UNREACHABLE` instead; the
-        probe fails only when no address could be tried. It can be
-        cancelled.
-    :raises ValueError: for an empty host (portend's message) or a bad port.
+        :class:`~txportend.HostNotFound` when the name does not resolve or
+        its lookup does not finish within ``timeout``, or with the
+        :exc:`OSError` of this machine when it can't make the attempt (out
+        of file descriptors, no local port left, an IPv6 scope that names no
+        interface). For a name with several addresses, one that can't be
+        tried while another gets an answer (``::1`` where IPv6 is switched
+        off) is :attr:`Outcome.UNREACHABLE` instead; the probe fails only
+        when no address could be tried. It can be cancelled.
+    :raises ValueError: for an empty host (portend's message), a bad port or
+        a bad timeout.
     """
     check_host(host)
     port = check_port(port)
-    return probe_checked(get_reactor(reactor), client_host(host), port, timeout)
+    seconds = timeout_seconds(timeout)
+    r = get_reactor(reactor)
+    return probe_checked(r, client_host(host), port, seconds, seconds)
 
 
 def probe_checked(
-    reactor: IPortendReactor, host: str, port: int, timeout: float
+    reactor: IPortendReactor,
+    host: str,
+    port: int,
+    timeout: float,
+    lookup_timeout: float = math.inf,
 ) -> Deferred[ProbeResult]:
     """
     :func:`probe` with its arguments already checked, and bind addresses
-    already mapped (:func:`~txportend.client_host`): what a wait calls for
-    each of its probes.
+    already mapped (:func:`~txportend.client_host`): what a probe loop calls
+    for each of its probes.
+
+    :param timeout: seconds for the connection attempts; when the name
+        lookup took some, they get what is left of ``lookup_timeout``.
+    :param lookup_timeout: seconds for the whole probe, the lookup included
+        (``math.inf``: the lookup has no limit of its own, as in a wait,
+        whose deadline bounds it).
     """
 
     def connect_all(addresses: list[str]) -> Deferred[ProbeResult]:
+        seconds = timeout
+        if math.isfinite(lookup_timeout) and started is not None:
+            left = lookup_timeout - (reactor.seconds() - started)
+            seconds = min(seconds, max(left, 0.0))
         if len(addresses) == 1:  # the common case, without a DeferredList
             (address,) = addresses
-            return connect_once(reactor, address, port, timeout).addCallback(
+            return connect_once(reactor, address, port, seconds).addCallback(
                 lambda outcome: ProbeResult(host, port, {address: outcome})
             )
-        attempts = [connect_once(reactor, a, port, timeout) for a in addresses]
+        attempts = [connect_once(reactor, a, port, seconds) for a in addresses]
         gathered: Deferred[list[tuple[bool, Any]]] = DeferredList(
             attempts, consumeErrors=True
         )
         return gathered.addCallback(
-            lambda results: _judge_all(host, port, addresses, results)
+            lambda results: _gather(host, port, addresses, results)
         )
 
     if is_address(host):
+        started = None
         return connect_all([host])
-    return resolve(reactor, host, port).addCallback(connect_all)
+    started = reactor.seconds()
+    return resolve(reactor, host, port, lookup_timeout).addCallback(connect_all)
 
 
 def probe_now(host: str, port: int) -> ProbeResult | None:
     """
-    :func:`probe` without a reactor, for when no waiting is needed: an
-    address literal (or bind address) whose ``connect()`` the kernel answers
-    at once, as on loopback. The answer is the one :func:`probe` would give,
-    from the same start (:func:`~txportend._sockets.start_connect`).
+    :func:`probe` without a reactor, for when no waiting is needed: see
+    :func:`txportend._result.probe_now`.
 
-    :return: the :class:`ProbeResult`, or ``None`` when only a real probe
-        can tell (a host name, or a handshake still under way).
-    :raises OSError: for an error of this machine (out of file descriptors,
-        say), as :func:`probe` fails with it.
     :raises ValueError: for an empty host or a bad port, as :func:`probe`.
     """
     check_host(host)
-    port = check_port(port)
-    mapped = client_host(host)
-    if not is_address(mapped):
-        return None
-    outcome = connect_now(mapped, port)
-    if outcome is None:
-        return None
-    return ProbeResult(mapped, port, {mapped: outcome})
+    return _probe_now(host, check_port(port))
 
 
 class _NullFactory(ServerFactory):
@@ -532,25 +524,35 @@ _NOT_BINDABLE = frozenset({errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL})
 
 
 def can_bind(
-    host: str, port: int, *, reactor: IPortendReactor | None = None
+    host: str,
+    port: int,
+    *,
+    timeout: float = 1.0,
+    reactor: IPortendReactor | None = None,
 ) -> Deferred[bool]:
     """
     Say whether this process could listen on ``host:port`` right now, by
     binding it with ``reactor.listenTCP`` and closing it again at once.
 
     This sees what a connect probe cannot: a port held by a socket that is
-    bound but not listening, for instance. (``listenTCP`` sets
-    ``SO_REUSEADDR`` on POSIX, as any Twisted server would, so a port whose
-    old connections linger in TIME_WAIT counts as bindable.)
+    bound without ``SO_REUSEADDR`` but not listening, for instance. Like any
+    Twisted server (and most others), ``listenTCP`` binds with
+    ``SO_REUSEADDR`` on POSIX, so a port whose old connections linger in
+    TIME_WAIT counts as bindable, and so does a port held by another socket
+    that also set ``SO_REUSEADDR`` but has not called ``listen()`` yet (a
+    server between its ``bind()`` and its ``listen()``): the kernel lets
+    both bind, and whichever listens first keeps the port.
 
     :param host: an address or name to bind; ``0.0.0.0`` and ``::`` mean
         every interface. A name must be bindable on every address it
         resolves to.
     :param port: the TCP port.
+    :param timeout: seconds the name lookup may take (binding never waits).
     :param reactor: the reactor to use; the global one by default.
     :return: a Deferred firing with ``True``, or ``False`` when binding
         fails for the address (in use, not permitted, not local); failing
-        with :class:`~txportend.HostNotFound`, or with
+        with :class:`~txportend.HostNotFound` (a name that does not resolve,
+        or whose lookup did not finish within ``timeout``), or with
         :exc:`~twisted.internet.error.CannotListenError` for any other bind
         error (out of file descriptors, say). It can be cancelled.
     """
@@ -558,7 +560,9 @@ def can_bind(
     port = check_port(port)
     r = get_reactor(reactor)
     addresses: Deferred[list[str]] = (
-        succeed([host]) if is_address(host) else resolve(r, host, port)
+        succeed([host])
+        if is_address(host)
+        else resolve(r, host, port, timeout_seconds(timeout))
     )
 
     def bind_each(found: Sequence[str]) -> Deferred[bool]:

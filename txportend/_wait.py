@@ -6,10 +6,9 @@ overall timeout and cancellation; and the one-shot ``assert_free`` check.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Sequence
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
@@ -19,12 +18,13 @@ from ._hostport import (
     check_host,
     check_port,
     client_host,
-    is_loopback,
     timeout_seconds,
 )
-from ._listeners import ListenWatcher
-from ._probe import Outcome, ProbeResult, probe, probe_checked, probe_now
+from ._loop import ProbeLoop
+from ._pacing import Pacing
+from ._probe import ProbeResult, probe, probe_now
 from ._reactor import IPortendReactor, get_reactor
+from ._result import State
 from ._schedule import IntervalType, default_interval, interval_policy
 
 #: Seconds each connection attempt may take while waiting, as in portend: a
@@ -33,68 +33,17 @@ OCCUPIED_PROBE_TIMEOUT = 0.5
 FREE_PROBE_TIMEOUT = 0.1
 
 
-#: Probes per second that all the waits on one reactor make together, at
-#: most, from their own schedules: with N waits at once, each pauses at
-#: least N / PROBE_BUDGET seconds between probes (about 10% of a core).
-PROBE_BUDGET = 1000.0
-#: The same for waits that the kernel's listening table watches: it wakes
-#: them, so their own probes can be rarer.
-WATCHED_PROBE_BUDGET = 200.0
-#: How many waits may make their first probe at once; the first probes of
-#: the waits started beyond these are spread at PROBE_BUDGET a second.
-PROBE_BURST = 100
-
-
-class _Shared:
-    """What the waits on one reactor share: their count and the watcher."""
-
-    def __init__(self, reactor: IPortendReactor) -> None:
-        self.active = 0
-        self.watcher = ListenWatcher(reactor)
-
-
-_shared: weakref.WeakKeyDictionary[IPortendReactor, _Shared] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def shared_for(reactor: IPortendReactor) -> _Shared:
-    """The state shared by every wait on ``reactor``, made on first use."""
-    state = _shared.get(reactor)
-    if state is None:
-        state = _shared[reactor] = _Shared(reactor)
-    return state
-
-
-def _busy(result: ProbeResult, strict: bool) -> bool:
-    """
-    Whether ``result`` shows something listening: a connection accepted, or
-    (unless ``strict``) one that got no answer from a loopback address, where
-    nothing drops packets, so the listener's backlog is full.
-    """
-    if result.accepted:
-        return True
-    return not strict and any(
-        outcome is Outcome.TIMED_OUT and is_loopback(address)
-        for address, outcome in result.outcomes.items()
-    )
-
-
 class _Wait:
     """
-    Probes ``host:port`` until it is (or is not) accepting connections.
+    A :class:`~txportend._loop.ProbeLoop` that stops at the state it wants,
+    or at its deadline.
 
-    One probe is in flight at a time; the next is scheduled with ``callLater``
-    after the pause the policy gives, stretched when many waits share the
-    reactor (:data:`PROBE_BUDGET`). The overall deadline is one more
-    ``callLater``. At least one probe always completes, so ``timeout=0``
-    means "check once", as in portend: a probe still in flight when the
-    deadline passes decides, if no probe has completed before it.
-
-    A wait on loopback also subscribes to the reactor's
-    :class:`~txportend._listeners.ListenWatcher`; when the kernel's table of
-    listening sockets says the port changed the right way, the wait probes
-    at once instead of at its next turn.
+    The deadline is one ``callLater``. At least one probe always completes,
+    so ``timeout=0`` means "check once", as in portend: a probe still in
+    flight when the deadline passes decides, if no probe has completed
+    before it. A name lookup has no limit of its own within a wait: past the
+    deadline it gets as long as a connection attempt, then the wait times
+    out, saying that the lookup did not finish.
     """
 
     def __init__(
@@ -103,206 +52,102 @@ class _Wait:
         host: str,
         port: int,
         *,
-        want_occupied: bool,
+        want: State,
         timeout: float,
         policy: Callable[[int], float],
-        probe_timeout: float,
+        pacing: Pacing,
         retry_unresolved: bool,
     ) -> None:
         self._reactor = reactor
-        self._retry_unresolved = retry_unresolved
         self._host = host
-        self._target = client_host(host)  # what each probe connects to
         self._port = port
-        self._want_occupied = want_occupied
+        self._want = want
         self._timeout = timeout
-        self._policy = policy
-        self._probe_timeout = probe_timeout
-        self._pauses = 0
+        self._retry_unresolved = retry_unresolved
+        self._probe_timeout = (
+            OCCUPIED_PROBE_TIMEOUT if want is State.OCCUPIED else FREE_PROBE_TIMEOUT
+        )
+        self._loop = ProbeLoop(
+            reactor,
+            host,
+            port,
+            policy=policy,
+            pacing=pacing,
+            probe_timeout=self._probe_timeout,
+            seen=self._seen,
+            broke=self._finish,
+            want=want,
+        )
         self._completed = 0
         self._expired = False
-        self._done = False
         self._unresolved = False
-        self._next: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
-        self._inflight: Deferred[ProbeResult] | None = None
-        self._shared = shared_for(reactor)
-        self._watching = False
-        self._hinted = False
-        # When the pending pause began and the policy's part of it, if the
-        # table's word stretched it (None: it didn't).
-        self._stretched: tuple[float, float] | None = None
         self.result: Deferred[None] = Deferred(lambda d: self._stop())
 
     def start(self) -> Deferred[None]:
-        self._shared.active += 1
         if math.isfinite(self._timeout):
             self._deadline = self._reactor.callLater(self._timeout, self._expire)
-        if is_loopback(self._target):
-            self._watch()
-        crowd = self._shared.active - PROBE_BURST
-        if crowd > 0:
-            self._next = self._reactor.callLater(crowd / PROBE_BUDGET, self._probe)
-        else:
-            self._probe()
+        self._loop.start()
         return self.result
 
-    def _watch(self) -> None:
-        if not self._watching:
-            self._watching = True
-            self._shared.watcher.subscribe(self._port, self, self._hint)
-
-    def _timeout_error(self) -> Timeout:
-        if self._want_occupied:
+    def _timeout_error(self, lookup_unfinished: bool = False) -> Timeout:
+        if self._want is State.OCCUPIED:
             message = f"Port {self._port} not bound on {self._host}."
-            if self._unresolved:
-                message += " The host name did not resolve."
         else:
             message = f"Port {self._port} not free on {self._host}."
+        if lookup_unfinished:
+            message += f" The lookup of {self._host} did not finish."
+        elif self._unresolved:
+            message += " The host name did not resolve."
         return Timeout(message)
 
-    def _probe(self) -> None:
-        self._next = None
-        try:
-            self._inflight = probe_checked(
-                self._reactor, self._target, self._port, self._probe_timeout
-            )
-        except Exception:
-            self._inflight = fail()
-        self._inflight.addCallbacks(self._probed, self._probe_failed)
-
-    def _probed(self, result: ProbeResult) -> None:
-        if self._done:
-            return
-        self._unresolved = False
-        self._completed_one()
-        if _busy(result, self._want_occupied) == self._want_occupied:
-            self._finish(None)
-            return
-        if not self._watching and all(map(is_loopback, result.outcomes)):
-            self._watch()
-        self._again()
-
-    def _hint(self, listening: bool | None) -> None:
-        """The listening table says the port now listens (or not); ``None``:
-        the table is no longer read, so a pause stretched on its word ends."""
-        if self._done or listening not in (None, self._want_occupied):
-            return
-        if listening is None:
-            self._unstretch()
-            return
-        if self._next is not None:
-            self._next.cancel()
-            self._probe()
-        else:
-            self._hinted = True  # a probe is in flight: probe again after it
-
-    def _unstretch(self) -> None:
-        """
-        The table is no longer read: a pause stretched on its word ends when
-        the plain budget, for the waits running now, would have ended it. A
-        few waits left probe about at once; many (a table that turned
-        unreadable) keep their places in the budget instead of all probing
-        in one turn.
-        """
-        stretched, self._stretched = self._stretched, None
-        if stretched is None or self._next is None:
-            return
-        began, policy_pause = stretched
-        plain = max(policy_pause, self._shared.active / PROBE_BUDGET)
-        now = self._reactor.seconds()
-        due = max(began + plain, now)
-        if due < self._next.getTime():
-            self._next.cancel()
-            self._next = self._reactor.callLater(due - now, self._probe)
-
-    def _probe_failed(self, failure: Failure) -> None:
-        if self._done:
-            return
-        if isinstance(failure.value, HostNotFound) and self._retry_unresolved:
+    def _seen(self, outcome: ProbeResult | Failure) -> bool:
+        if self.result.called:
+            return True
+        self._completed += 1
+        if isinstance(outcome, Failure):
+            if not (isinstance(outcome.value, HostNotFound) and self._retry_unresolved):
+                self._finish(outcome)
+                return True
             # The name may appear later (a container starting, say).
             self._unresolved = True
-            self._completed_one()
-            self._again()
         else:
-            self._completed_one()
-            self._finish(failure)
-
-    def _completed_one(self) -> None:
-        self._inflight = None
-        self._completed += 1
-
-    def _again(self) -> None:
+            self._unresolved = False
+            if outcome.state is self._want:
+                self._finish(None)
+                return True
         if self._expired:
             self._finish(self._timeout_error())
-            return
-        self._stretched = None
-        if self._hinted:
-            self._hinted = False
-            pause = 0.0
-        else:
-            try:
-                pause = float(self._policy(self._pauses))
-                if not 0 <= pause < math.inf:
-                    raise ValueError(
-                        f"the interval policy gave {pause!r}: not a number of seconds"
-                    )
-            except Exception:
-                self._finish(Failure())  # type: ignore[no-untyped-call]
-                return
-            self._pauses += 1
-            # The budget stretches the pause, unless the kernel's table says
-            # the port is already as wanted and the probe just missed it
-            # (a dropped SYN under load, say): then keep the plain pace.
-            watcher = self._shared.watcher
-            known = watcher.listening(self._port) if self._watching else None
-            if known is None:
-                pause = max(pause, self._shared.active / PROBE_BUDGET)
-            elif known != self._want_occupied:
-                # The table will wake this wait; probing is only the safety
-                # net for what the table can't see (another namespace, say).
-                self._stretched = (self._reactor.seconds(), pause)
-                pause = max(pause, self._shared.active / WATCHED_PROBE_BUDGET)
-        self._next = self._reactor.callLater(pause, self._probe)
+            return True
+        return False
 
     def _expire(self) -> None:
         self._deadline = None
         self._expired = True
         if self._completed == 0:
-            # Let the first probe decide; start it now if it was spread. A
-            # probe has its own timeout, but a name lookup has none: give it
-            # as long as a probe, then time out anyway.
-            if self._inflight is None:
-                if self._next is not None:
-                    self._next.cancel()
-                self._probe()
-            if not self._done and self._completed == 0:
+            # Let the first probe decide; start it now if it was spread.
+            self._loop.probe_soon()
+            if not self.result.called and self._completed == 0:
                 self._deadline = self._reactor.callLater(
-                    self._probe_timeout, self._finish_timeout
+                    self._probe_timeout, self._lookup_timed_out
                 )
             return
         self._finish(self._timeout_error())
 
-    def _finish_timeout(self) -> None:
+    def _lookup_timed_out(self) -> None:
+        # A probe that outlives its own timeout is a lookup still running.
         self._deadline = None
-        self._finish(self._timeout_error())
+        self._finish(self._timeout_error(lookup_unfinished=True))
 
     def _stop(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._shared.active -= 1
-        if self._watching:
-            self._shared.watcher.unsubscribe(self._port, self)
-        for call in (self._next, self._deadline):
-            if call is not None and call.active():
-                call.cancel()
-        self._next = self._deadline = None
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            inflight.cancel()
+        self._loop.stop()
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
     def _finish(self, error: BaseException | Failure | None) -> None:
+        if self.result.called:
+            return
         self._stop()
         if error is None:
             self.result.callback(None)
@@ -319,6 +164,7 @@ def wait_for(
     *,
     want_occupied: bool,
     retry_unresolved: bool = True,
+    pacing: Pacing | None = None,
 ) -> Deferred[None]:
     """
     The one implementation behind :func:`occupied` and :func:`free` (and the
@@ -326,14 +172,15 @@ def wait_for(
     once on a name that does not resolve).
     """
     check_host(host)
+    r = get_reactor(reactor)
     return _Wait(
-        get_reactor(reactor),
+        r,
         host,
         check_port(port),
-        want_occupied=want_occupied,
+        want=State.OCCUPIED if want_occupied else State.FREE,
         timeout=timeout_seconds(timeout),
         policy=interval_policy(interval),
-        probe_timeout=OCCUPIED_PROBE_TIMEOUT if want_occupied else FREE_PROBE_TIMEOUT,
+        pacing=Pacing.of(r) if pacing is None else pacing,
         retry_unresolved=retry_unresolved and want_occupied,
     ).start()
 
@@ -345,6 +192,7 @@ def occupied(
     *,
     interval: IntervalType = default_interval,
     reactor: IPortendReactor | None = None,
+    pacing: Pacing | None = None,
 ) -> Deferred[None]:
     """
     Wait until something accepts TCP connections on ``host:port``.
@@ -362,6 +210,8 @@ def occupied(
     :param interval: the pause between probes, in seconds, or a policy
         ``(attempt) -> seconds``; :func:`default_interval` by default.
     :param reactor: the reactor to use; the global one by default.
+    :param pacing: the :class:`Pacing` this wait shares with the other waits
+        and monitors; the reactor's own by default (:meth:`Pacing.of`).
     :return: a Deferred that fires with ``None`` once the port is occupied,
         or fails with :class:`~txportend.Timeout`
         (``Port 8080 not bound on localhost.``), or with the
@@ -371,7 +221,9 @@ def occupied(
     :raises ValueError: for an empty host (portend's message), or a bad
         port, timeout or interval.
     """
-    return wait_for(host, port, timeout, interval, reactor, want_occupied=True)
+    return wait_for(
+        host, port, timeout, interval, reactor, want_occupied=True, pacing=pacing
+    )
 
 
 def free(
@@ -381,6 +233,7 @@ def free(
     *,
     interval: IntervalType = default_interval,
     reactor: IPortendReactor | None = None,
+    pacing: Pacing | None = None,
 ) -> Deferred[None]:
     """
     Wait until nothing accepts TCP connections on ``host:port``.
@@ -399,6 +252,8 @@ def free(
     :param interval: the pause between probes, in seconds, or a policy
         ``(attempt) -> seconds``; :func:`default_interval` by default.
     :param reactor: the reactor to use; the global one by default.
+    :param pacing: the :class:`Pacing` this wait shares with the other waits
+        and monitors; the reactor's own by default (:meth:`Pacing.of`).
     :return: a Deferred that fires with ``None`` once the port is free, or
         fails with :class:`~txportend.Timeout`
         (``Port 8080 not free on localhost.``), or at once with
@@ -409,7 +264,9 @@ def free(
     :raises ValueError: for an empty host (portend's message), or a bad
         port, timeout or interval.
     """
-    return wait_for(host, port, timeout, interval, reactor, want_occupied=False)
+    return wait_for(
+        host, port, timeout, interval, reactor, want_occupied=False, pacing=pacing
+    )
 
 
 def assert_free(
@@ -425,13 +282,19 @@ def assert_free(
     :param host: a host name or address, or an address tuple such as
         ``('::1', 8080, 0, 0)`` when ``port`` is ``None``.
     :param port: the TCP port.
-    :param timeout: seconds each connection attempt may take; one that gets
-        no answer in time counts as free, as in portend.
+    :param timeout: seconds the whole check may take, name lookup included
+        (``None``: no limit, as in portend). An address that gives no answer
+        in time counts as free, as in portend, except a loopback address:
+        nothing drops packets there, so no answer means a listener whose
+        accept queue is full, and the port is in use (the one rule of
+        :attr:`ProbeResult.state`, shared with :func:`free`).
     :param reactor: the reactor to use; the global one by default.
     :return: a Deferred that fires with ``None`` when the port is free, or
         fails with :class:`~txportend.PortNotFree`
         (``Port 8080 is in use on 127.0.0.1.``, naming the address that
-        accepted), or :class:`~txportend.HostNotFound`. It can be cancelled.
+        showed it in use), or :class:`~txportend.HostNotFound` (a name that
+        does not resolve, or whose lookup did not finish in time). It can be
+        cancelled.
     :raises ValueError: for an empty host (portend's message) or a bad port.
     """
     host, number = _assert_free_target(host, port)
@@ -477,8 +340,8 @@ def _assert_free_target(
 
 
 def _judge_free(result: ProbeResult, host: str, port: int) -> None:
-    """Raise PortNotFree when ``result`` shows an address accepting."""
-    address = result.first_accepting()
+    """Raise PortNotFree when ``result`` shows the port occupied."""
+    address = result.occupied_on()
     if address is not None:
         # A bind address was probed on loopback; name it as given, as
         # portend (which connects to it directly) does.
