@@ -234,3 +234,69 @@ def test_can_bind_reports_only_address_errors_as_false() -> None:
     failure(txportend.find_available_local_port(reactor=full), error.CannotListenError)
     with pytest.raises(ValueError, match="port"):
         txportend.can_bind("127.0.0.1", 70000, reactor=busy)
+
+
+# -- a timeout bounds the whole call, name lookup included -------------------------
+
+
+def test_probe_timeout_bounds_the_name_lookup() -> None:
+    reactor = memory_reactor({"slow": ["127.0.0.1"]}, hold=True)
+    d = txportend.probe("slow", 80, timeout=1, reactor=reactor)
+    reactor.advance(0.999)
+    assert not d.called
+    reactor.advance(0.001)
+    error = failure(d, txportend.HostNotFound).value
+    assert error.strerror == "The lookup of 'slow' did not finish within 1 s."
+    reactor.nameResolver.answer()  # the late answer is dropped
+    assert attempts(reactor) == []
+    assert reactor.getDelayedCalls() == []
+
+
+def test_the_connection_gets_what_the_lookup_left() -> None:
+    reactor = memory_reactor({"slow": ["127.0.0.1"]}, hold=True)
+    d = txportend.probe("slow", 80, timeout=1, reactor=reactor)
+    reactor.advance(0.75)
+    reactor.nameResolver.answer()
+    assert [c[2].timeout for c in reactor.tcpClients] == [0.25]
+    refuse(reactor)
+    assert success(d).state is txportend.State.FREE
+    assert reactor.getDelayedCalls() == []
+
+
+def test_probe_takes_a_timedelta() -> None:
+    import datetime
+
+    reactor = memory_reactor()
+    d = txportend.probe(
+        "127.0.0.1", 80, timeout=datetime.timedelta(seconds=2), reactor=reactor
+    )
+    assert [c[2].timeout for c in reactor.tcpClients] == [2.0]
+    refuse(reactor)
+    success(d)
+
+
+def test_can_bind_timeout_bounds_the_name_lookup() -> None:
+    reactor = memory_reactor({"slow": ["127.0.0.1"]}, hold=True)
+    d = txportend.can_bind("slow", 80, timeout=2, reactor=reactor)
+    reactor.advance(2)
+    assert "did not finish within 2 s" in str(failure(d, txportend.HostNotFound).value)
+    reactor.nameResolver.answer()
+    assert reactor.tcpServers == []
+    assert reactor.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "state"),
+    [
+        ({"127.0.0.1": Outcome.ACCEPTED}, "occupied"),
+        ({"127.0.0.1": Outcome.TIMED_OUT}, "occupied"),  # a full accept queue
+        ({"::1": Outcome.TIMED_OUT, "10.0.0.1": Outcome.REFUSED}, "occupied"),
+        ({"10.0.0.1": Outcome.TIMED_OUT}, "free"),  # as portend
+        ({"127.0.0.1": Outcome.REFUSED, "::1": Outcome.UNREACHABLE}, "free"),
+        ({"10.0.0.1": Outcome.REFUSED, "10.0.0.2": Outcome.ACCEPTED}, "occupied"),
+    ],
+)
+def test_one_judgement_of_a_probe(outcomes: dict[str, Outcome], state: str) -> None:
+    result = txportend.ProbeResult("h", 80, outcomes)
+    assert result.state is txportend.State(state)
+    assert (result.occupied_on() is None) == (state == "free")
