@@ -27,7 +27,7 @@ log = Logger()
 @dataclass(frozen=True)
 class Change:
     """
-    A change of a :class:`Monitor`'s :attr:`~Monitor.state`, as its
+    A change of a :class:`Monitor`'s ``state``, as its
     observers get it.
 
     :ivar target: ``"host:port"`` (an IPv6 address in brackets:
@@ -100,9 +100,9 @@ class Monitor(Service):
         first probe ends, while the name does not resolve, and after a probe
         this machine could not make (out of file descriptors, say: logged);
         never :attr:`State.FREE` for want of an answer.
-    :ivar since: when :attr:`state` began, in the reactor's ``seconds()``
+    :ivar since: when ``state`` began, in the reactor's ``seconds()``
         (``None`` until the service first starts).
-    :ivar changes: how many times :attr:`state` has changed.
+    :ivar changes: how many times ``state`` has changed.
     :ivar last_probe: the latest :class:`LastProbe`, or ``None``.
     """
 
@@ -143,7 +143,7 @@ class Monitor(Service):
     def subscribe(self, observer: Callable[[Change], object]) -> Callable[[], None]:
         """
         Call ``observer(change)`` with a :class:`Change` on every change of
-        :attr:`state`, the first one (from :attr:`State.UNKNOWN`) included.
+        ``state``, the first one (from :attr:`State.UNKNOWN`) included.
         An observer that raises is logged; the monitor and the other
         observers go on.
 

@@ -40,8 +40,7 @@ class Pacing:
     - **First probes spread.** Up to ``burst`` loops may make their first
       probe at once; the first probes of loops started beyond these are
       spread at ``budget`` a second (a token bucket refilled at that rate).
-    - **The listening table** (Linux): one
-      :class:`~txportend._listeners.ListenWatcher` reads the kernel's table
+    - **The listening table** (Linux): one reader of the kernel's table
       of listening sockets for all the waits on loopback, once 8 or more run,
       and wakes each when its port changes.
 
