@@ -411,3 +411,22 @@ def test_failure_values_are_not_free() -> None:
     factory.result.errback(Failure(error.ConnectError("odd")))
     assert monitor.state is State.UNKNOWN
     monitor.stopService()
+
+
+def test_probes_are_counted_by_outcome() -> None:
+    reactor = memory_reactor({"db": []})
+    _, monitor = started("db", 5432, interval=1, reactor=reactor)  # unresolved
+    reactor.nameResolver.table["db"] = ["127.0.0.1", "::1"]
+    for step in (refuse, accept, time_out):
+        reactor.advance(1)
+        step(reactor, -2)
+        refuse(reactor, -1)
+    assert monitor.probes == {
+        "accepted": 1,
+        "refused": 1,
+        "timed_out": 1,
+        "unreachable": 0,
+        "unresolved": 1,
+        "error": 0,
+    }
+    monitor.stopService()

@@ -20,6 +20,7 @@ from ._pacing import Pacing
 from ._reactor import IPortendReactor, get_reactor
 from ._result import ProbeResult, State
 from ._schedule import IntervalType, interval_policy
+from ._sockets import Outcome
 
 log = Logger()
 
@@ -63,6 +64,31 @@ class LastProbe:
     duration: float
 
 
+#: The outcomes :attr:`Monitor.probes` counts, one per probe: the best answer
+#: any address gave (``accepted``, then ``timed_out``, ``refused``,
+#: ``unreachable``), or why the probe could not be made: ``unresolved`` (the
+#: name did not resolve, or its lookup did not finish) or ``error`` (this
+#: machine's own error). A bounded set, fit for a metric's label.
+PROBE_OUTCOMES = (
+    "accepted",
+    "refused",
+    "timed_out",
+    "unreachable",
+    "unresolved",
+    "error",
+)
+_RANKED = (Outcome.ACCEPTED, Outcome.TIMED_OUT, Outcome.REFUSED, Outcome.UNREACHABLE)
+
+
+def outcome_label(outcome: ProbeResult | BaseException) -> str:
+    """The label of one probe among :data:`PROBE_OUTCOMES`."""
+    if isinstance(outcome, ProbeResult):
+        seen = set(outcome.outcomes.values())
+        best = next((o for o in _RANKED if o in seen), Outcome.UNREACHABLE)
+        return best.name.lower()
+    return "unresolved" if isinstance(outcome, HostNotFound) else "error"
+
+
 for _name in (Change, LastProbe):
     _name.__module__ = "txportend"
 
@@ -104,6 +130,11 @@ class Monitor(Service):
         (``None`` until the service first starts).
     :ivar changes: how many times ``state`` has changed.
     :ivar last_probe: the latest :class:`LastProbe`, or ``None``.
+    :ivar probes: how many probes ended, by outcome: a dict with a count for
+        each of ``"accepted"``, ``"refused"``, ``"timed_out"``,
+        ``"unreachable"`` (the best answer any address gave),
+        ``"unresolved"`` (the name did not resolve, or its lookup did not
+        finish) and ``"error"`` (this machine's own error).
     """
 
     def __init__(
@@ -134,6 +165,7 @@ class Monitor(Service):
         self.since: float | None = None
         self.changes = 0
         self.last_probe: LastProbe | None = None
+        self.probes = dict.fromkeys(PROBE_OUTCOMES, 0)
         self._observers: list[_Observer] = []
         self._loop: ProbeLoop | None = None
 
@@ -191,10 +223,12 @@ class Monitor(Service):
         now = loop.reactor.seconds()
         duration = max(now - loop.started_at, 0.0)
         if isinstance(outcome, ProbeResult):
+            self.probes[outcome_label(outcome)] += 1
             self.last_probe = LastProbe(outcome, None, now, duration)
             self._become(outcome.state, now)
             return False
         error = outcome.value
+        self.probes[outcome_label(error)] += 1
         self.last_probe = LastProbe(None, error, now, duration)
         if not isinstance(error, HostNotFound):
             log.failure(
