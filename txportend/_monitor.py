@@ -228,6 +228,7 @@ class Monitor(Service):
             self._become(outcome.state, now)
             return False
         error = outcome.value
+        assert error is not None
         self.probes[outcome_label(error)] += 1
         self.last_probe = LastProbe(None, error, now, duration)
         if not isinstance(error, HostNotFound):
