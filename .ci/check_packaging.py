@@ -5,9 +5,10 @@ fresh virtual environment.
     python .ci/check_packaging.py WORKDIR
 
 Run by ``tox -e packaging`` (which provides ``build`` and ``twine``). WORKDIR
-receives the built distributions (``WORKDIR/dist``) and the virtual
-environment (``WORKDIR/venv``). Every check prints one ``ok`` or ``FAIL``
-line; the exit code is 1 when any check failed.
+receives the built distributions (``WORKDIR/dist``), the virtual environment
+(``WORKDIR/venv``: the wheel, then its test extra to collect the unpacked
+sdist's tests) and the unpacked sdist (``WORKDIR/sdist``). Every check
+prints one ``ok`` or ``FAIL`` line; the exit code is 1 when any check failed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ PACKAGE = "txportend"
 DROPIN = "twisted/plugins/txportend_dropin.py"
 #: The twistd subcommand the plugin provides.
 TAPNAME = "portend"
+#: The license text, shipped in both distributions.
+LICENSE = "LICENSE"
+#: The test tree, shipped in the sdist so that its tests run from it.
+TESTS = "tests"
 #: What must never be in a distribution: Twisted's plugin cache (written into
 #: the working tree whenever plugins are looked up) and __init__.py files that
 #: would replace Twisted's own packages when installed.
@@ -129,27 +134,60 @@ def check_names(
     )
 
 
+def check_license(kind: str, text: bytes | None) -> None:
+    """The distribution carries the project's LICENSE, as it is in the tree."""
+    source = ROOT / LICENSE
+    expected = source.read_bytes() if source.exists() else None
+    if text is None:
+        problem = "missing"
+    elif expected is None:
+        problem = f"the source tree has no {LICENSE}"
+    else:
+        problem = "it differs from the source tree's"
+    check(
+        text is not None and text == expected, f"{kind} has the {LICENSE} file", problem
+    )
+
+
 def check_wheel(wheel: Path, expected_version: str) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
+        # Where PEP 639 puts it (Metadata 2.4); older backends used the
+        # .dist-info directory itself.
+        dist_info = f"{PACKAGE}-{expected_version}.dist-info"
+        licenses = [f"{dist_info}/licenses/{LICENSE}", f"{dist_info}/{LICENSE}"]
+        found = [name for name in licenses if name in names]
+        check_license("the wheel", archive.read(found[0]) if found else None)
     check_names("the wheel", names, expected_version, wheel.name)
+    plugin = (ROOT / DROPIN).exists()
+    allowed = {DROPIN} if plugin else set()
     stray = sorted(
         n
         for n in names
-        if not n.startswith((f"{PACKAGE}/", "twisted/plugins/", f"{PACKAGE}-"))
+        if n not in allowed and not n.startswith((f"{PACKAGE}/", f"{PACKAGE}-"))
     )
-    check(
-        not stray,
-        "the wheel installs nothing but the package and its plugin",
-        f"found {stray}",
-    )
+    installs = "the package and its twistd plugin" if plugin else "the package"
+    check(not stray, f"the wheel installs nothing but {installs}", f"found {stray}")
 
 
 def check_sdist(sdist: Path, expected_version: str) -> None:
     with tarfile.open(sdist) as archive:
         # Drop the leading "<name>-<version>/".
         names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+        top = archive.getnames()[0].split("/", 1)[0]
+        try:
+            member = archive.extractfile(f"{top}/{LICENSE}")
+        except KeyError:
+            member = None
+        check_license("the sdist", member.read() if member else None)
     check_names("the sdist", names, expected_version, sdist.name)
+    tests = {path.relative_to(ROOT).as_posix() for path in (ROOT / TESTS).glob("*.py")}
+    missing = sorted(tests - names)
+    check(
+        not missing,
+        f"the sdist has every module of {TESTS}/ (conftest, fakes, the tests)",
+        f"missing {missing}",
+    )
 
 
 def twine_check(paths: Sequence[Path]) -> None:
@@ -159,22 +197,25 @@ def twine_check(paths: Sequence[Path]) -> None:
     check(done.returncode == 0, "twine check --strict passes on both")
 
 
-def try_wheel(wheel: Path, venv: Path, expected_version: str) -> None:
-    """Install the wheel in a fresh virtual environment and run it there."""
+def try_wheel(wheel: Path, venv: Path, expected_version: str) -> Path | None:
+    """
+    Install the wheel in a fresh virtual environment and run it there; return
+    the environment's python, or None when the wheel did not install.
+    """
     if venv.exists():
         shutil.rmtree(venv)
     done = run([sys.executable, "-m", "venv", venv])
     if done.returncode != 0:
         show(done)
         fail("could not create a virtual environment")
-        return
+        return None
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
     python = bin_dir / "python"
     done = run([python, "-m", "pip", "install", "--quiet", wheel])
     if done.returncode != 0:
         show(done)
         fail("pip install of the wheel failed")
-        return
+        return None
     ok("the wheel installs in a fresh virtual environment")
 
     # Run outside the source tree, so that only the installed copy can be
@@ -220,6 +261,45 @@ def try_wheel(wheel: Path, venv: Path, expected_version: str) -> None:
         if done.returncode != 0:
             show(done)
         check(done.returncode == 0, f"twistd {TAPNAME} --help exits 0 (plugin found)")
+    return python
+
+
+def collect_sdist_tests(sdist: Path, wheel: Path, python: Path, where: Path) -> None:
+    """
+    Unpack the sdist and collect its tests (pytest --collect-only, which
+    imports every test module, conftest and helper) in the virtual environment
+    with the wheel's test extra added: the sdist's test tree is complete.
+    Collecting, not running, keeps this to seconds.
+    """
+    done = run([python, "-m", "pip", "install", "--quiet", f"{wheel}[test]"])
+    if done.returncode != 0:
+        show(done)
+        fail("pip install of the wheel's test extra failed")
+        return
+    if where.exists():
+        shutil.rmtree(where)
+    with tarfile.open(sdist) as archive:
+        top = where / archive.getnames()[0].split("/", 1)[0]
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(where, filter="data")
+        else:  # Python < 3.10.12 / 3.11.4: no extraction filters
+            archive.extractall(where)
+    # Without arguments pytest collects its configured testpaths (the tests
+    # and the package's doctests), as a user running pytest there would.
+    done = run(
+        [python, "-m", "pytest", "--collect-only", "-q"],
+        cwd=top,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    lines = done.stdout.strip().splitlines()
+    summary = lines[-1] if lines else ""
+    if done.returncode != 0:
+        show(done)
+    check(
+        done.returncode == 0 and " collected" in summary and "error" not in summary,
+        f"the sdist's tests collect ({summary or 'no summary'})",
+        f"exit code {done.returncode}",
+    )
 
 
 def main(argv: Sequence[str]) -> int:
@@ -235,7 +315,9 @@ def main(argv: Sequence[str]) -> int:
         check_wheel(wheel, expected_version)
         check_sdist(sdist, expected_version)
         twine_check([sdist, wheel])
-        try_wheel(wheel, workdir / "venv", expected_version)
+        python = try_wheel(wheel, workdir / "venv", expected_version)
+        if python is not None:
+            collect_sdist_tests(sdist, wheel, python, workdir / "sdist")
     print()
     if failures:
         print(f"{len(failures)} packaging check(s) failed:")
