@@ -36,13 +36,13 @@ from ._errors import HostNotFound
 from ._hostport import check_host, check_port, client_host
 from ._reactor import IPortendReactor, get_reactor
 from ._sockets import (
+    MACHINE_ERRORS,
     Outcome,
     answer_of,
-    close_socket,
     connect_now,
     new_socket,
     outcome_of,
-    reset_on_close,
+    settle,
     start_connect,
 )
 
@@ -143,15 +143,13 @@ def resolve(reactor: IPortendReactor, host: str, port: int) -> Deferred[list[str
 
 
 class _ProbeProtocol(Protocol):
-    """Closes the connection the moment it is made, with a reset."""
+    """Closes the connection the moment it is made, normally (a FIN), as a
+    polite client does."""
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        handle = getattr(transport, "getHandle", lambda: None)()
-        if isinstance(handle, socket.socket):
-            reset_on_close(handle)
-        transport.abortConnection()  # type: ignore[attr-defined]
+        transport.loseConnection()
 
 
 class _ProbeFactory(ClientFactory):
@@ -174,8 +172,10 @@ class _ProbeFactory(ClientFactory):
         self._connector: IConnector | None = None
         self._giving_up = False
         self._timer: IDelayedCall | None = None
+        self._address = ""
 
     def connect(self, address: str, port: int) -> Deferred[Outcome]:
+        self._address = address
         self._connector = self._reactor.connectTCP(
             address,
             port,
@@ -238,7 +238,18 @@ class _ProbeFactory(ClientFactory):
             if self._giving_up:
                 self._fire(Outcome.TIMED_OUT)
             return
-        if isinstance(reason.value, error.ConnectionRefusedError):
+        code = getattr(reason.value, "osError", None)
+        if isinstance(reason.value, error.ConnectError) and code in MACHINE_ERRORS:
+            # Twisted's wrapping of an errno of socket() or connect(): this
+            # machine's error, or a family it lacks, told apart as
+            # start_connect does.
+            try:
+                self._fire(settle(self._address, code))
+            except OSError as e:
+                self._stop_timer()
+                if not self.result.called:
+                    self.result.errback(e)
+        elif isinstance(reason.value, error.ConnectionRefusedError):
             self._fire(Outcome.REFUSED)
         elif isinstance(reason.value, (error.TimeoutError, error.TCPTimedOutError)):
             self._fire(Outcome.TIMED_OUT)
@@ -343,7 +354,7 @@ class _SocketAttempt:
         sock = self._release()
         if sock is None:
             return
-        close_socket(sock, code)
+        sock.close()  # normally: a FIN, if it connected
         if not self.result.called:
             self.result.callback(outcome_of(code))
 
@@ -376,8 +387,8 @@ def connect_once(
     On Twisted's POSIX reactors (epoll, poll, select, asyncio) this is a
     non-blocking ``connect()`` watched with ``addWriter``; on any other
     reactor (IOCP, :class:`~twisted.internet.testing.MemoryReactorClock`) it
-    goes through ``connectTCP``. Both close an accepted connection at once
-    with a reset.
+    goes through ``connectTCP``. Both close an accepted connection at once,
+    normally (a FIN), as a polite client does.
 
     :param timeout: seconds to wait for the handshake.
     :return: a Deferred firing with the :class:`Outcome`; cancelling it stops
