@@ -10,16 +10,18 @@ that no DelayedCall or selectable is left), on loopback only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 
 import txportend
@@ -89,6 +91,303 @@ async def _accepted_reads(reactor: Any, listener: socket.socket) -> bytes:
     with conn:
         conn.settimeout(5)
         return conn.recv(1)
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+needs_proc_fd = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd"
+)
+
+
+async def _no_fd_left(reactor: Any, before: int) -> None:
+    """No more descriptors open than ``before``; connectTCP closes a socket
+    a reactor turn or two after its result (bounded)."""
+    for _ in range(100):
+        if _fds() <= before:
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    assert _fds() <= before, "a probe left a file descriptor open"
+
+
+def _accept_queue(port: int) -> tuple[int, int] | None:
+    """A loopback listener's (queued connections, backlog), from /proc."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if fields[3] == "0A" and local_port == port:
+                backlog, queued = (int(n, 16) for n in fields[4].split(":"))
+                return queued, backlog
+    return None
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """
+    The port of a loopback listener that never accepts and whose accept
+    queue is full (listen(0), filled by clients): the kernel drops a new
+    SYN, so a connection attempt gets no answer, as from a firewall.
+    """
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("needs Linux /proc/net/tcp to see the queue fill")
+    clients: list[socket.socket] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        try:
+            for _ in range(8):  # bounded: one or two fill it on Linux
+                queue = _accept_queue(port)
+                assert queue is not None
+                if queue[0] > queue[1]:
+                    break
+                client = socket.socket()
+                client.setblocking(False)
+                client.connect_ex(("127.0.0.1", port))
+                clients.append(client)
+                for _ in range(500):  # until the kernel queues it (bounded)
+                    queue = _accept_queue(port)
+                    if queue is not None and queue[0] >= len(clients):
+                        break
+                    time.sleep(0.01)
+            else:
+                pytest.skip("could not fill the accept queue")
+            yield port
+        finally:
+            for client in clients:
+                client.close()
+
+
+def _closed_port() -> socket.socket:
+    """A bound, never listening socket: its port refuses connections."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+# -- the contract, on the real reactor ------------------------------------------
+
+
+@needs_proc_fd
+@transports
+@pytest_twisted.ensureDeferred
+async def test_refused(transport: Transport, reactor: Any) -> None:
+    with _closed_port() as holder:
+        port = holder.getsockname()[1]
+        before = _fds()
+        outcome = await transport(reactor, 1.0).connect("127.0.0.1", port)
+        assert outcome is Outcome.REFUSED
+        await _no_fd_left(reactor, before)
+
+
+@needs_proc_fd
+@transports
+@pytest_twisted.ensureDeferred
+async def test_accepted_leaves_no_fd(
+    transport: Transport, reactor: Any, listener: socket.socket
+) -> None:
+    before = _fds()
+    port = listener.getsockname()[1]
+    assert await transport(reactor, 1.0).connect("127.0.0.1", port) is Outcome.ACCEPTED
+    await _no_fd_left(reactor, before)
+
+
+@needs_proc_fd
+@transports
+@pytest_twisted.ensureDeferred
+async def test_timed_out_on_a_full_backlog(
+    transport: Transport, reactor: Any, full_backlog: int
+) -> None:
+    before = _fds()
+    outcome = await transport(reactor, 0.2).connect("127.0.0.1", full_backlog)
+    assert outcome is Outcome.TIMED_OUT
+    await _no_fd_left(reactor, before)
+
+
+class _Resetting(protocol.Protocol):
+    """A server that resets each connection the moment it accepts it."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any) -> None:
+        done = self.factory.done  # type: ignore[attr-defined]
+        if not done.called:
+            done.callback(None)
+
+
+@transports
+@pytest_twisted.ensureDeferred
+async def test_a_connection_the_server_resets_counts_as_accepted(
+    transport: Transport, reactor: Any
+) -> None:
+    factory = protocol.Factory.forProtocol(_Resetting)
+    factory.noisy = False
+    factory.done = Deferred()  # type: ignore[attr-defined]
+    listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        port = listening.getHost().port
+        outcome = await transport(reactor, 1.0).connect("127.0.0.1", port)
+        assert outcome is Outcome.ACCEPTED
+        # Let the server accept and reset it (bounded), so nothing lingers.
+        await factory.done.addTimeout(10, reactor)  # type: ignore[attr-defined]
+    finally:
+        await listening.stopListening()
+
+
+@needs_proc_fd
+@transports
+@pytest_twisted.ensureDeferred
+async def test_cancelled_before_the_answer(
+    transport: Transport, reactor: Any, full_backlog: int
+) -> None:
+    """Cancelled while the handshake is under way: CancelledError, and the
+    attempt is stopped and its socket closed."""
+    before = _fds()
+    d = transport(reactor, 30.0).connect("127.0.0.1", full_backlog)
+    await deferLater(reactor, 0.01, lambda: None)  # under way by now
+    assert not d.called
+    d.cancel()
+    with pytest.raises(CancelledError):
+        await d
+    await _no_fd_left(reactor, before)
+
+
+@needs_proc_fd
+@transports
+@pytest_twisted.ensureDeferred
+async def test_cancelled_at_once(
+    transport: Transport, reactor: Any, listener: socket.socket
+) -> None:
+    """Cancelled in the same turn it starts: connectTCP has not connected
+    yet (CancelledError); the socket path may have its answer already. Either
+    way nothing is left."""
+    before = _fds()
+    d = transport(reactor, 1.0).connect("127.0.0.1", listener.getsockname()[1])
+    d.cancel()
+    with contextlib.suppress(CancelledError):
+        assert await d is Outcome.ACCEPTED
+    await _no_fd_left(reactor, before)
+
+
+@needs_proc_fd
+@transports
+@pytest_twisted.ensureDeferred
+async def test_cancelled_after_the_answer_changes_nothing(
+    transport: Transport, reactor: Any, listener: socket.socket
+) -> None:
+    before = _fds()
+    d = transport(reactor, 1.0).connect("127.0.0.1", listener.getsockname()[1])
+    assert await d is Outcome.ACCEPTED
+    d.cancel()
+    assert await d is Outcome.ACCEPTED
+    await _no_fd_left(reactor, before)
+
+
+@needs_proc_fd
+@transports
+@pytest_twisted.ensureDeferred
+async def test_many_probes_leave_nothing_behind(
+    transport: Transport, reactor: Any, listener: socket.socket
+) -> None:
+    listening = listener.getsockname()[1]
+    with _closed_port() as holder:
+        closed = holder.getsockname()[1]
+        before = _fds()
+        for i in range(100):
+            port = closed if i % 2 else listening
+            outcome = await transport(reactor, 1.0).connect("127.0.0.1", port)
+            assert outcome is (Outcome.REFUSED if i % 2 else Outcome.ACCEPTED)
+            if not i % 2:  # keep the backlog from filling
+                listener.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    listener.accept()[0].close()
+        await _no_fd_left(reactor, before)
+
+
+# -- the connectTCP path on a memory reactor (every unit test's path) ----------
+
+
+def _memory_attempt(timeout: float = 1.0) -> tuple[Any, _ProbeFactory, Any]:
+    from .fakes import memory_reactor
+
+    reactor = memory_reactor()
+    factory = _ProbeFactory(reactor, timeout)
+    d = factory.connect("127.0.0.1", 1)
+    return reactor, factory, d
+
+
+def _result(d: Deferred[Any]) -> Any:
+    box: list[Any] = []
+    d.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    return box[0]
+
+
+def test_memory_accepted_closes_politely() -> None:
+    from .fakes import accept
+
+    reactor, _factory, d = _memory_attempt()
+    transport = accept(reactor)
+    assert _result(d) is Outcome.ACCEPTED
+    assert transport.disconnecting and not transport.disconnected  # no abort
+    assert reactor.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        ("ConnectionRefusedError", Outcome.REFUSED),
+        ("TimeoutError", Outcome.TIMED_OUT),
+        ("TCPTimedOutError", Outcome.TIMED_OUT),
+        ("NoRouteError", Outcome.UNREACHABLE),
+    ],
+)
+def test_memory_failures(error: str, outcome: Outcome) -> None:
+    from twisted.internet import error as errors
+    from twisted.python.failure import Failure
+
+    reactor, factory, d = _memory_attempt()
+    factory.clientConnectionFailed(
+        reactor.connectors[-1], Failure(getattr(errors, error)())
+    )
+    assert _result(d) is outcome
+    assert reactor.getDelayedCalls() == []
+
+
+def test_memory_reset_after_the_handshake_is_accepted() -> None:
+    from twisted.internet import error as errors
+    from twisted.python.failure import Failure
+
+    reactor, factory, d = _memory_attempt()
+    factory.clientConnectionLost(
+        reactor.connectors[-1], Failure(errors.ConnectionLost())
+    )
+    assert _result(d) is Outcome.ACCEPTED
+
+
+def test_memory_timed_out_and_cancelled_at_each_step() -> None:
+    # No answer by the timer (and the one more turn it gives): TIMED_OUT.
+    reactor, _factory, d = _memory_attempt(timeout=1.0)
+    reactor.advance(1.0)
+    assert _result(d) is Outcome.TIMED_OUT
+    assert reactor.connectors[-1].stoppedConnecting
+    assert reactor.getDelayedCalls() == []
+    # Cancelled before any answer.
+    reactor, _factory, d = _memory_attempt()
+    d.cancel()
+    assert _result(d).check(CancelledError)
+    assert reactor.connectors[-1].stoppedConnecting
+    assert reactor.getDelayedCalls() == []
+    # Cancelled while the timer is pending.
+    reactor, _factory, d = _memory_attempt()
+    reactor.advance(0.5)
+    d.cancel()
+    assert _result(d).check(CancelledError)
+    assert reactor.getDelayedCalls() == []
 
 
 # -- a polite close -------------------------------------------------------------

@@ -5,6 +5,23 @@ to each address, or try to bind.
 Everything goes through the reactor it is given (``connectTCP``,
 ``listenTCP``, ``callLater`` and its ``nameResolver``), so a
 :class:`~twisted.internet.testing.MemoryReactorClock` drives every path.
+
+One connection attempt (:func:`connect_once`) has two transports under one
+contract (``tests/test_transports.py`` runs the same suite against both):
+
+- On Twisted's POSIX reactors (epoll, poll, select, asyncio), production's
+  path: :class:`_SocketAttempt`, a non-blocking ``connect()`` watched with
+  ``addWriter``, whose answer on loopback is usually known within
+  ``connect()``. About 12 µs of CPU per refused probe and 25 µs per accepted
+  one, against 60 to 90 and 115 to 150 µs through ``connectTCP``.
+- Elsewhere (IOCP) and on every test double: :class:`_ProbeFactory` through
+  ``connectTCP``, which needs nothing but ``IReactorTCP``.
+
+Both report the same :class:`Outcome` for the same answer, close an accepted
+connection at once and politely (a FIN, never a reset), fail with this
+machine's :exc:`OSError` rather than call it an answer, count an address
+family the machine lacks as unreachable, and leave nothing behind when they
+end or are cancelled. The design page of the documentation says more.
 """
 
 from __future__ import annotations
