@@ -285,3 +285,59 @@ def test_assert_free_now_checks_its_arguments_as_assert_free_does(
         assert_free_now(host, port, timeout)
     with pytest.raises(ValueError):
         txportend.assert_free(host, port, timeout)
+
+
+_NO_IPV6_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import txportend.blocking as portend
+from txportend._probe import probe_now
+from txportend._sockets import start_connect
+results = {"connect": start_connect("::1", 9)[1].value, "any": str(probe_now("::", 9))}
+portend.free("::1", 9, 1)
+results["free"] = "returned"
+try:
+    portend.occupied("::1", 9, 0.2)
+except Exception as e:
+    results["occupied"] = type(e).__name__
+print(json.dumps(results))
+"""
+
+
+def test_where_ipv6_is_switched_off_an_ipv6_target_has_nothing_listening() -> None:
+    """The real thing, in a network namespace of its own with IPv6 switched
+    off on its loopback (needs unshare and ip; skipped where they can't)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        pytest.skip("needs unshare and ip")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    setup = "ip link set lo up && echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6"
+
+    def in_namespace(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["unshare", "-rn", "sh", "-c", setup + ' && exec "$@"', "sh", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    try:
+        possible = in_namespace("true")
+    except OSError as e:
+        pytest.skip(f"unshare: {e}")
+    if possible.returncode != 0:
+        pytest.skip(f"no network namespace here: {possible.stderr.strip()[-200:]}")
+    done = in_namespace(sys.executable, "-c", _NO_IPV6_SCRIPT, root)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "connect": "unreachable",
+        "any": "ProbeResult(host='::1', port=9, outcomes={'::1': "
+        "<Outcome.UNREACHABLE: 'unreachable'>})",
+        "free": "returned",
+        "occupied": "Timeout",
+    }
