@@ -120,17 +120,3 @@ def has_ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
-
-
-def assert_closed_at_once(listener: socket.socket) -> None:
-    """The probe's connection waiting in ``listener``'s backlog was closed
-    at once (with a reset), nothing sent."""
-    listener.settimeout(5)
-    conn, _ = listener.accept()
-    with conn:
-        conn.settimeout(5)
-        try:
-            data = conn.recv(1)
-        except ConnectionResetError:
-            data = b""
-        assert data == b""

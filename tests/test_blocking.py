@@ -425,10 +425,6 @@ def _txportend_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if blocking.THREAD_NAME in t.name]
 
 
-def _resolver_threads() -> list[threading.Thread]:
-    return [t for t in _txportend_threads() if t.name != blocking.THREAD_NAME]
-
-
 def test_one_daemon_thread_serves_every_call(closed_v4: int) -> None:
     """Calls on address literals start no thread beyond the private reactor's."""
     blocking.Checker().assert_free("127.0.0.1", closed_v4)
@@ -447,27 +443,275 @@ def test_one_daemon_thread_serves_every_call(closed_v4: int) -> None:
     assert loops[0].ident == blocking._get_loop().ident
 
 
-def test_resolver_threads_are_daemons_and_quit_when_idle(
-    closed_v4: int, monkeypatch: pytest.MonkeyPatch
+# Name lookups: txportend._resolver, here and in the private reactor
+
+#: Bounds every wait on an Event in these tests (never reached when they pass).
+EVENT_WAIT = 10
+
+
+class FakeNames:
+    """
+    A stand-in for getaddrinfo: answers from ``table`` (127.0.0.1 and ::1
+    for the names in it, nothing for others), and for names in ``slow``
+    only once their Event is set. Records which names started, and in
+    which threads.
+    """
+
+    def __init__(self, table: dict[str, list[str]], slow: tuple[str, ...] = ()) -> None:
+        self.table = table
+        self.release = {name: threading.Event() for name in slow}
+        self.started: dict[str, threading.Event] = {}
+        self.threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def began(self, name: str) -> threading.Event:
+        with self._lock:
+            return self.started.setdefault(name, threading.Event())
+
+    def __call__(
+        self, host: str, port: int, family: int = 0, kind: int = 0
+    ) -> list[tuple[Any, ...]]:
+        with self._lock:
+            self.threads.append(threading.current_thread())
+        self.began(host).set()
+        if host in self.release:
+            assert self.release[host].wait(EVENT_WAIT), f"{host} never released"
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [
+            (
+                _family(a),
+                socket.SOCK_STREAM,
+                6,
+                "",
+                (a, port, 0, 0) if ":" in a else (a, port),
+            )
+            for a in self.table[host]
+        ]
+
+    def release_all(self) -> None:
+        for event in self.release.values():
+            event.set()
+
+
+@pytest.fixture
+def private_names() -> Iterator[Callable[[FakeNames], None]]:
+    """Make the private reactor resolve with a FakeNames, for one test."""
+    loop = blocking._get_loop()
+    previous = loop.reactor.nameResolver
+    used: list[FakeNames] = []
+
+    def use(names: FakeNames) -> None:
+        used.append(names)
+        resolver = txportend._resolver.ThreadedResolver(loop.reactor, getaddrinfo=names)  # type: ignore[arg-type]
+        _in_loop(loop, lambda: loop.reactor.installNameResolver(resolver))
+
+    yield use
+    for names in used:
+        names.release_all()
+    _in_loop(loop, lambda: loop.reactor.installNameResolver(previous))
+
+
+def _in_loop(loop: Any, call: Callable[[], object]) -> None:
+    """Run ``call`` in the private reactor's thread and wait for it."""
+    done = threading.Event()
+    loop.call_from_thread(lambda: (call(), done.set()))
+    assert done.wait(EVENT_WAIT)
+
+
+def test_a_slow_name_does_not_change_another_names_answer(
+    private_names: Callable[[FakeNames], None],
 ) -> None:
-    """Host names are resolved in daemon threads that don't outlive the calls."""
-    monkeypatch.setattr(blocking, "RESOLVER_IDLE_SECONDS", 0.3)
-    for _ in range(20):
-        blocking.Checker().assert_free("localhost", closed_v4)
-    resolvers = _resolver_threads()
-    assert resolvers, "the lookups ran in no resolver thread"
-    assert all(t.daemon for t in resolvers)
-    assert len(resolvers) <= 10
-    deadline = time.monotonic() + 10
-    while _resolver_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _resolver_threads() == []
-    assert [t.name for t in _txportend_threads()] == [blocking.THREAD_NAME]
-    # And they come back when needed.
-    assert outcome(lambda: blocking.Checker().assert_free("localhost", closed_v4)) == (
-        "returned",
-        "None",
+    """While one lookup hangs, another name's lookup runs and its call gets
+    the right answer, not a wrong Timeout (a one-thread resolver pool queued
+    it behind the slow one)."""
+    names = FakeNames({"db.slow": [], "fast.test": ["127.0.0.1"]}, slow=("db.slow",))
+    private_names(names)
+    slow_result: list[tuple[str, str]] = []
+    slow = threading.Thread(
+        target=lambda: slow_result.append(
+            outcome(lambda: blocking.occupied("db.slow", 5432, 60))
+        )
     )
+    slow.start()
+    try:
+        assert names.began("db.slow").wait(EVENT_WAIT)
+        with Listener("127.0.0.1") as server:
+            assert outcome(lambda: blocking.occupied("fast.test", server.port, 5)) == (
+                "returned",
+                "None",
+            )
+            assert outcome(
+                lambda: blocking.Checker().assert_free("fast.test", server.port)
+            ) == ("PortNotFree", f"Port {server.port} is in use on 127.0.0.1.")
+        assert slow.is_alive(), "the slow lookup was not pending meanwhile"
+    finally:
+        names.release_all()
+        slow.join(EVENT_WAIT)
+    assert not slow.is_alive()
+    assert slow_result[0][0] == "HostNotFound"
+
+
+def test_lookup_threads_are_daemons_and_end_when_no_lookup_is_left(
+    closed_v4: int, private_names: Callable[[FakeNames], None]
+) -> None:
+    names = FakeNames({"name.test": ["127.0.0.1"]})
+    private_names(names)
+    for _ in range(20):
+        assert outcome(
+            lambda: blocking.Checker().assert_free("name.test", closed_v4)
+        ) == ("returned", "None")
+    assert names.threads, "the lookups ran in no thread"
+    assert all(t.daemon for t in names.threads)
+    assert {t.name for t in names.threads} == {txportend._resolver.THREAD_NAME}
+    for thread in set(names.threads):
+        thread.join(EVENT_WAIT)  # the test waits; the resolver never does
+        assert not thread.is_alive()
+
+
+def _resolve_with(resolver: Any, name: str) -> Any:
+    """Resolve ``name``; a Deferred firing with the addresses seen and the
+    thread that delivered them."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IResolutionReceiver
+    from zope.interface import implementer
+
+    result: Deferred[tuple[list[str], str]] = Deferred()
+    seen: list[str] = []
+
+    @implementer(IResolutionReceiver)
+    class Receiver:
+        def resolutionBegan(self, resolution: Any) -> None:
+            pass
+
+        def addressResolved(self, address: Any) -> None:
+            seen.append(address.host)
+
+        def resolutionComplete(self) -> None:
+            result.callback((seen, threading.current_thread().name))
+
+    resolver.resolveHostName(Receiver(), name, 80)
+    return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_resolver_answers_on_the_reactor_thread(reactor: Any) -> None:
+    from twisted.internet.threads import deferToThread
+
+    names = FakeNames({"two.test": ["::1", "127.0.0.1"]})
+    resolver = txportend._resolver.ThreadedResolver(reactor, getaddrinfo=names)  # type: ignore[arg-type]
+    here = threading.current_thread().name
+    assert await _resolve_with(resolver, "two.test") == (["::1", "127.0.0.1"], here)
+    # A name that fails to resolve completes with no address.
+    assert await _resolve_with(resolver, "missing.test") == ([], here)
+    # Let the lookup threads end (the reactor fixture checks what is left).
+    await deferToThread(lambda: [t.join(EVENT_WAIT) for t in names.threads])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_resolver_caps_its_threads_and_drops_cancelled_lookups(
+    reactor: Any,
+) -> None:
+    """Beyond max_lookups, lookups wait their turn; one cancelled while it
+    waits never runs, one cancelled while it runs is never answered."""
+    from twisted.internet.threads import deferToThread
+
+    names = FakeNames(
+        {"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"], "c.test": ["127.0.0.1"]},
+        slow=("a.test", "b.test"),
+    )
+    resolver = txportend._resolver.ThreadedResolver(
+        reactor,
+        getaddrinfo=names,  # type: ignore[arg-type]
+        max_lookups=1,
+    )
+    a = _resolve_with(resolver, "a.test")
+    b = _resolve_with(resolver, "b.test")
+    waiting = resolver.resolveHostName(_Ignoring(), "c.test", 80)
+    assert await deferToThread(names.began("a.test").wait, EVENT_WAIT)
+    waiting.cancel()
+    assert not names.began("b.test").is_set(), "one thread at most"
+    names.release["a.test"].set()
+    assert (await a)[0] == ["127.0.0.1"]
+    assert await deferToThread(names.began("b.test").wait, EVENT_WAIT)
+    names.release["b.test"].set()
+    assert (await b)[0] == ["127.0.0.1"]
+    await deferToThread(lambda: [t.join(EVENT_WAIT) for t in names.threads])
+    assert not names.began("c.test").is_set(), "a cancelled lookup ran"
+    assert len(set(names.threads)) == 1
+    # Cancelled while running: the answer is dropped.
+    names = FakeNames({"d.test": ["127.0.0.1"]}, slow=("d.test",))
+    resolver = txportend._resolver.ThreadedResolver(reactor, getaddrinfo=names)  # type: ignore[arg-type]
+    receiver = _Ignoring()
+    running = resolver.resolveHostName(receiver, "d.test", 80)
+    assert await deferToThread(names.began("d.test").wait, EVENT_WAIT)
+    running.cancel()
+    names.release_all()
+    await deferToThread(lambda: [t.join(EVENT_WAIT) for t in names.threads])
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, 0, lambda: None)  # a delivery would run by now
+    assert receiver.heard == ["began"]
+
+
+class _Ignoring:
+    """A resolution receiver that only notes what it heard."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        self.heard.append("began")
+
+    def addressResolved(self, address: Any) -> None:
+        self.heard.append("address")
+
+    def resolutionComplete(self) -> None:
+        self.heard.append("complete")
+
+
+def test_a_hanging_lookup_does_not_hold_up_the_reactors_shutdown() -> None:
+    """
+    The command line's case: with the resolver installed, the reactor stops
+    and the process exits while a lookup still hangs. (Twisted's default
+    resolver runs lookups in the reactor's thread pool, which shutdown
+    joins: this script would never end.)
+    """
+    result = run_script(
+        """
+        import json, socket, threading
+        hanging = threading.Event()
+
+        def getaddrinfo(*args, **kwargs):
+            hanging.set()
+            threading.Event().wait()  # for ever
+
+        socket.getaddrinfo = getaddrinfo  # before txportend binds it
+        from twisted.internet import reactor
+        from txportend import _probe, _resolver
+
+        _resolver.install(reactor)
+        failures = []
+
+        def start():
+            d = _probe.resolve(reactor, "hang.test", 80)
+            d.addErrback(lambda f: failures.append(f.type.__name__))
+            threading.Thread(target=watch, args=(d,), daemon=True).start()
+
+        def watch(d):
+            if hanging.wait(10):
+                reactor.callFromThread(stop, d)
+
+        def stop(d):
+            d.cancel()
+            reactor.stop()
+
+        reactor.callWhenRunning(start)
+        reactor.run()
+        print(json.dumps({"stopped": True, "failures": failures}))
+        """
+    )
+    assert result == {"stopped": True, "failures": ["CancelledError"]}
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")

@@ -189,7 +189,9 @@ async def test_cancel_right_away_leaves_nothing_behind(
 
 
 @pytest_twisted.ensureDeferred
-async def test_polling_a_listening_port_leaks_no_fd_nor_time_wait(reactor: Any) -> None:
+async def test_polling_a_listening_port_leaks_no_fd_and_bounds_time_wait(
+    reactor: Any,
+) -> None:
     listening = _listen(reactor, "127.0.0.1")
     port = listening.getHost().port
     try:
@@ -203,7 +205,7 @@ async def test_polling_a_listening_port_leaks_no_fd_nor_time_wait(reactor: Any) 
             # A probe on loopback can finish without a reactor turn; let the
             # in-process server accept, or its backlog fills up.
             await deferLater(reactor, 0, lambda: None)
-        # The in-process server closes its side when it reads the reset; give
+        # The in-process server closes its side when it reads the end; give
         # it a few turns (bounded). A leak on either side would not go away.
         for _ in range(50):
             if _fds() <= fds:
@@ -212,7 +214,9 @@ async def test_polling_a_listening_port_leaks_no_fd_nor_time_wait(reactor: Any) 
         # No growth (a resolver thread of an earlier test may still hold a
         # file at the first count, so fewer is fine).
         assert _fds() <= fds
-        assert _time_wait_to(port) <= time_wait
+        # A probe closes politely (FIN), so it may leave one TIME_WAIT on our
+        # side, never more (Linux reuses them on loopback).
+        assert _time_wait_to(port) <= time_wait + 300
     finally:
         await listening.stopListening()
 

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txportend import Outcome
 from txportend._probe import _SocketAttempt
 
-from .fakes import assert_closed_at_once
+from .test_sockets import assert_left_politely
 
 _tc = SynchronousTestCase()
 success = _tc.successResultOf
@@ -72,14 +72,14 @@ def test_refused(listener: socket.socket) -> None:
     assert clock.getDelayedCalls() == []
 
 
-def test_accepted_and_reset(listener: socket.socket) -> None:
+def test_accepted_and_closed_politely(listener: socket.socket) -> None:
     clock = FDClock()
     d = _SocketAttempt(clock, 1.0).connect("127.0.0.1", listener.getsockname()[1])
     _settle(clock)
     assert success(d) is Outcome.ACCEPTED
     assert clock.writers == set()
     assert clock.getDelayedCalls() == []
-    assert_closed_at_once(listener)
+    assert_left_politely(listener)
 
 
 class ScriptedSocket:
@@ -105,6 +105,9 @@ class ScriptedSocket:
 
     def setsockopt(self, level: int, option: int, value: object) -> None:
         self.options.append((level, option, value))
+
+    def bind(self, address: object) -> None:
+        pass  # the family exists
 
     def getpeername(self) -> tuple[str, int]:
         if not self.connected:
@@ -141,7 +144,8 @@ def test_an_unread_answer_at_the_deadline_wins() -> None:
     sock.connected = True  # the handshake completed, unread
     clock.advance(1.0)
     assert success(d) is Outcome.ACCEPTED
-    assert sock.options  # SO_LINGER 0: closed with a reset
+    assert sock.closed
+    assert sock.options == []  # no SO_LINGER: a normal close
     sock = ScriptedSocket()
     clock, attempt = _scripted(sock)
     d = attempt.connect("127.0.0.1", 1)

@@ -7,16 +7,21 @@ to the reactor only when the kernel has no answer yet; the blocking API and
 the command line's quick look use the same start when no waiting is needed.
 The command line's quick look runs before Twisted is imported, so nothing
 here imports it.
+
+Every probe leaves like a polite client: an accepted connection is closed
+normally (FIN), as portend, ``nc -z`` and Prometheus' blackbox_exporter do,
+so the server sees a client that connected and left, never a reset. Our
+side keeps the connection in TIME_WAIT for a minute (Linux), at most one per
+accepted probe; on loopback Linux reuses them for new connections
+(``tcp_tw_reuse``), so polling never runs out of local ports.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 import os
 import socket
-import struct
 import sys
 from collections.abc import Callable
 
@@ -39,8 +44,6 @@ class Outcome(enum.Enum):
 
 Outcome.__module__ = "txportend"
 
-_LINGER_RESET = struct.pack("ii", 1, 0)
-
 # connect() on a non-blocking socket: the handshake is under way. (On Linux
 # EAGAIN, which is EWOULDBLOCK, means no local port is left, not "in progress";
 # Windows says WSAEWOULDBLOCK for "in progress".)
@@ -56,16 +59,6 @@ _LOCAL_ERRORS = frozenset(
 )
 
 
-def reset_on_close(sock: socket.socket) -> None:
-    """
-    Make closing ``sock`` send a reset (SO_LINGER 0), as every probe does
-    with a connection it made: no TIME_WAIT is left on our side, so polling
-    a listening port fast for a long time can't use up ephemeral ports.
-    """
-    with contextlib.suppress(OSError):  # a platform without SO_LINGER
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-
-
 def outcome_of(code: int) -> Outcome:
     """The :class:`Outcome` of a finished connect(), from its errno."""
     if code in (0, errno.ECONNRESET):
@@ -76,13 +69,6 @@ def outcome_of(code: int) -> Outcome:
     if code == errno.ETIMEDOUT:
         return Outcome.TIMED_OUT
     return Outcome.UNREACHABLE
-
-
-def close_socket(sock: socket.socket, code: int) -> None:
-    """Close a probe's socket; with a reset if its connect() succeeded."""
-    if code == 0:
-        reset_on_close(sock)
-    sock.close()
 
 
 def answer_of(sock: socket.socket, unconnected: int) -> int:
@@ -119,6 +105,71 @@ def new_socket(family: int) -> socket.socket:
     return sock
 
 
+# What socket() or connect() says when this machine has no address of the
+# family to connect from: IPv6 switched off (no ::1), or not built in.
+_NO_FAMILY = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+_LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+#: The errnos :func:`settle` looks into: this machine's errors, and the
+#: signs of a family it lacks.
+MACHINE_ERRORS = _LOCAL_ERRORS | _NO_FAMILY
+
+
+def lacks_family(
+    family: int, code: int, make_socket: Callable[[int], socket.socket] = new_socket
+) -> bool:
+    """
+    Whether error ``code`` from ``socket()`` or ``connect()`` means that this
+    machine lacks the address ``family`` altogether (IPv6 switched off, so
+    no ``::1``), rather than an error of its own: EADDRNOTAVAIL also means
+    "no local port left", which must stay an error, never "free".
+
+    It tells the two apart by binding the family's loopback address to port
+    0: that fails with EADDRNOTAVAIL (or EAFNOSUPPORT) only when the address
+    does not exist; out of local ports, it fails with EADDRINUSE. Asked
+    anew each time (a few microseconds, on this error path only), so
+    switching IPv6 back on is seen at once.
+    """
+    if code not in _NO_FAMILY or family not in _LOOPBACK:
+        return False
+    try:
+        sock = make_socket(family)
+    except OSError as e:
+        return e.errno in _NO_FAMILY
+    try:
+        sock.bind((_LOOPBACK[family], 0))
+    except OSError as e:
+        return e.errno in _NO_FAMILY
+    finally:
+        sock.close()
+    return False
+
+
+def settle(
+    address: str,
+    code: int,
+    make_socket: Callable[[int], socket.socket] = new_socket,
+) -> Outcome:
+    """
+    The :class:`Outcome` of a ``connect()`` to ``address`` from its errno,
+    for an answer known when it is started: :func:`outcome_of`, unless the
+    error is this machine's.
+
+    An address family this machine lacks has nothing listening on it: such
+    an attempt is :attr:`Outcome.UNREACHABLE` (``::1`` or ``::`` where IPv6
+    is switched off), as portend's ``free`` returns there.
+
+    :raises OSError: for an error of this machine rather than an answer: no
+        socket to be had (EMFILE), no local port left (EADDRNOTAVAIL,
+        EAGAIN).
+    """
+    if code in MACHINE_ERRORS:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        if lacks_family(family, code, make_socket):
+            return Outcome.UNREACHABLE
+        raise OSError(code, os.strerror(code))
+    return outcome_of(code)
+
+
 def start_connect(
     address: str,
     port: int,
@@ -128,13 +179,15 @@ def start_connect(
     Begin one non-blocking TCP connection to an address literal.
 
     On loopback the kernel usually knows the answer within ``connect()``:
-    then the socket is closed at once (with a reset if it connected) and the
-    answer returned. Otherwise the handshake is under way and the socket is
-    returned for the caller to watch (it turns writable with the answer,
+    then the socket is closed at once (normally: a FIN, if it connected) and
+    the answer returned. Otherwise the handshake is under way and the socket
+    is returned for the caller to watch (it turns writable with the answer,
     which :func:`answer_of` reads).
 
     :return: ``(None, outcome)`` with the kernel's answer, or
-        ``(socket, None)`` while the handshake is under way.
+        ``(socket, None)`` while the handshake is under way. An address
+        family this machine lacks is :attr:`Outcome.UNREACHABLE`
+        (:func:`settle`).
     :raises OSError: (or :exc:`UnicodeError` for a bad scope) for an error of
         this machine rather than an answer: no socket to be had (EMFILE), no
         local port left, an IPv6 scope that names no interface. No socket is
@@ -142,20 +195,23 @@ def start_connect(
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sockaddr = _sockaddr(address, port)
-    sock = make_socket(family)
+    try:
+        sock = make_socket(family)
+    except OSError as e:
+        if e.errno is not None and lacks_family(family, e.errno, make_socket):
+            return None, Outcome.UNREACHABLE
+        raise
     try:
         code = sock.connect_ex(sockaddr)
         if code in _IN_PROGRESS:
             code = answer_of(sock, unconnected=errno.EINPROGRESS)
-        if code in _LOCAL_ERRORS:
-            raise OSError(code, os.strerror(code))
+        if code == errno.EINPROGRESS:
+            return sock, None
     except BaseException:
         sock.close()
         raise
-    if code == errno.EINPROGRESS:
-        return sock, None
-    close_socket(sock, code)
-    return None, outcome_of(code)
+    sock.close()
+    return None, settle(address, code, make_socket)
 
 
 def connect_now(

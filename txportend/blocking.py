@@ -42,20 +42,22 @@ on a *private reactor* and waits for its result.
   wait is interrupted (``KeyboardInterrupt`` in the main thread), the
   Deferred is cancelled in the reactor thread, which stops the wait and
   closes its sockets. This is best effort: the cancellation runs after the
-  calls queued before it, and a name lookup already running in a resolver
-  thread finishes (its answer is dropped).
+  calls queued before it, and a name lookup already running in its thread
+  finishes (its answer is dropped).
 - **No hop when nothing needs waiting.** :meth:`Checker.assert_free` on an
   address literal first tries its connection in the calling thread with a
   non-blocking socket: on loopback the kernel answers within ``connect()``,
   and that answer decides, with the same check and verdict as the Deferred
   API's :func:`txportend.assert_free`. Only when the handshake is still
   under way, or for a host name, does the call go to the private reactor.
-- **Host names** (not address literals) are resolved by Twisted's default
-  resolver, ``getaddrinfo`` in the private reactor's thread pool, so a slow
-  lookup never blocks the loop. That pool has one worker at most, a daemon
-  thread started on the first lookup and reused by the next ones; it quits
-  once no lookup has started for ``RESOLVER_IDLE_SECONDS``, so when the
-  module is idle the ``txportend.blocking`` thread is the only one left.
+- **Host names** (not address literals) are resolved with ``getaddrinfo``,
+  each lookup in a daemon thread of its own (``txportend.resolver``), up to
+  32 at once, the next ones waiting their turn: a slow name never blocks the
+  loop, nor holds up another name's lookup, so it can't turn another call's
+  answer into a wrong :class:`Timeout`. A thread ends when no lookup is
+  left for it, so when the module is idle the ``txportend.blocking`` thread
+  is the only one left; nothing ever waits for a lookup thread, so the
+  process exits at once even while one hangs.
 - **A name that does not resolve** fails at once with
   :class:`txportend.HostNotFound` (a :exc:`socket.gaierror`), as in
   portend; the Deferred API's :func:`txportend.occupied` retries instead.
@@ -84,14 +86,12 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
-from . import _probe, _wait
+from . import _probe, _resolver, _wait
 from ._errors import PortNotFree, Timeout
 from ._hostport import HostPort, TimeoutType, client_host
 from ._reactor import IPortendReactor
@@ -112,15 +112,9 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-_R = TypeVar("_R")
-_P = ParamSpec("_P")
 
 #: The name of the thread that runs the private reactor.
 THREAD_NAME = "txportend.blocking"
-
-#: Seconds without a name lookup after which the resolver's worker threads
-#: quit.
-RESOLVER_IDLE_SECONDS = 1.0
 
 _SAME_THREAD = (
     "txportend.blocking was called from the thread running its own private "
@@ -128,59 +122,6 @@ _SAME_THREAD = (
     "API (txportend.occupied, txportend.free, txportend.assert_free, ...) "
     "from reactor code instead."
 )
-
-
-class _DaemonThread(threading.Thread):
-    """A thread that never keeps the interpreter from exiting."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.daemon = True
-
-
-class _ResolverPool(ThreadPool):
-    """
-    The private reactor's thread pool, which Twisted's default resolver uses
-    to run ``getaddrinfo``. Its workers are daemon threads, started when a
-    host name needs resolving, and they all quit once no lookup has been
-    started for ``RESOLVER_IDLE_SECONDS``: a burst of calls reuses them,
-    and afterwards no thread lingers.
-
-    :param clock: the private reactor, which calls
-        :meth:`callInThreadWithCallback` (from its own thread) and runs the
-        idle timer.
-    """
-
-    threadFactory = _DaemonThread
-
-    def __init__(self, clock: IReactorTime) -> None:
-        super().__init__(0, 1, f"{THREAD_NAME} resolver")
-        self._clock = clock
-        self._retire: IDelayedCall | None = None
-
-    def callInThreadWithCallback(
-        self,
-        onResult: Callable[[bool, _R], object] | None,
-        func: Callable[_P, _R],
-        *args: _P.args,
-        **kw: _P.kwargs,
-    ) -> None:
-        super().callInThreadWithCallback(onResult, func, *args, **kw)
-        if self._retire is not None and self._retire.active():
-            self._retire.reset(RESOLVER_IDLE_SECONDS)
-        else:
-            self._retire = self._clock.callLater(
-                RESOLVER_IDLE_SECONDS, self._retire_workers
-            )
-
-    def _retire_workers(self) -> None:
-        self._retire = None
-        # A busy worker quits as soon as it is done.
-        for _ in range(self.workers):
-            self.stopAWorker()
-        # Forget the threads that have quit, or the list grows with each
-        # burst of lookups.
-        self.threads[:] = [t for t in self.threads if t.is_alive()]
 
 
 def _new_reactor() -> ReactorBase:
@@ -205,9 +146,7 @@ def _new_reactor() -> ReactorBase:
     # reactor (Twisted does the same for the reactor win32eventreactor runs
     # in a thread of its own).
     reactor._registerAsIOThread = False
-    pool = _ResolverPool(cast(IReactorTime, reactor))
-    pool.start()
-    reactor.threadpool = pool
+    _resolver.install(cast(_resolver.IResolverReactor, reactor))
     return reactor
 
 
