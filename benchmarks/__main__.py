@@ -492,6 +492,17 @@ def scenario_monitors(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
         ),
         Row(
             name,
+            "busiest 100 ms / mean",
+            d["busiest_100ms"] / (mean / 10) if mean else math.inf,
+            None,
+            "",
+            "-",
+            "-",
+            f"busiest 100 ms: {d['busiest_100ms']} probes; longest garbage "
+            f"collector pause {d['gc_longest_pause'] * 1e3:.0f} ms",
+        ),
+        Row(
+            name,
             "CPU (1 core)",
             d["steady_cpu"],
             None,
