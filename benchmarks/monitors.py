@@ -24,11 +24,14 @@ Figures:
 * probes per second over the steady part (from ``interval`` seconds after
   the start, when the first probes, spread by the reactor's
   :class:`txportend.Pacing`, have all been made, to the end): the mean, the
-  busiest and the quietest second;
+  busiest and the quietest second; and the busiest 100 ms (a reactor held
+  up, by the garbage collector say, runs the probes that fell due meanwhile
+  in one turn);
 * CPU: this process's ``getrusage(RUSAGE_SELF)`` (every thread) over the
   steady part and over the whole run, as a fraction of one core, read by a
   sampler thread at those times so a busy reactor can't delay the readings;
-* peak RSS (``ru_maxrss``) at the end;
+* peak RSS (``ru_maxrss``) at the end; the cyclic garbage collector's
+  pauses;
 * the monitors' states at the end (all should read ``free``), how many
   probes could not be made, and what the reactor held after every monitor
   was stopped (no DelayedCall and no selectable of theirs should be left).
