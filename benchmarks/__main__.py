@@ -25,9 +25,17 @@ from typing import Any
 from . import cli_startup
 from ._common import HERE, ChildResult, median, percentile, run_child
 
-SCENARIOS = ("single", "waits-1000", "waits-10000", "assert_free", "cli", "free-load")
+SCENARIOS = (
+    "single",
+    "waits-1000",
+    "waits-10000",
+    "assert_free",
+    "cli",
+    "free-load",
+    "monitors-10000",
+)
 ALIASES = {"1": "single", "2": "waits-1000", "3": "waits-10000", "4": "assert_free"}
-ALIASES.update({"5": "cli", "6": "free-load"})
+ALIASES.update({"5": "cli", "6": "free-load", "7": "monitors-10000"})
 
 
 @dataclass
@@ -412,6 +420,120 @@ def scenario_free_load(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]
     ]
 
 
+# -- scenario 7 ---------------------------------------------------------------
+
+
+def scenario_monitors(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
+    """
+    ``n`` monitors at a 10 s interval on closed loopback ports, for 60 s
+    (quick: 2,000 for 20 s). The targets scale with ``n``: ``n`` / 10
+    probes a second.
+    """
+    n, scaled = _nofile_for(2000 if quick else 10_000)
+    interval, duration = 10.0, (20.0 if quick else 60.0)
+    params = {"n": n, "interval": interval, "duration": duration}
+    result = _child("monitors", "deferred_side", params, duration + 120 + n / 100)
+    raw["monitors-10000/txportend"] = asdict(result)
+    name = f"7 monitors ({n}, every {interval:g} s, {duration:g} s)"
+    rate = n / interval
+    if not result.ok:
+        return [
+            Row(
+                name,
+                "probes/s",
+                None,
+                None,
+                "",
+                f"{rate:g} +-10 %",
+                "FAIL",
+                result.error,
+            )
+        ]
+    d = result.data
+    mean = d["steady_mean"]
+    peak = d["steady_max"] / mean if mean else math.inf
+    free = d["states"].get("free", 0)
+    problems = [scaled] if scaled else []
+    if d["error_count"]:
+        problems.append(f"{d['error_count']} probes not made ({d['errors'][0]})")
+    if d["left_delayed_calls"] or d["left_selectables"]:
+        problems.append(
+            f"left after stop: {d['left_delayed_calls']} DelayedCalls, "
+            f"{d['left_selectables']} selectables"
+        )
+    if d["longest_between_looks"] >= interval:
+        problems.append(
+            f"probes not all counted: {d['longest_between_looks']:.1f} s "
+            "between two looks"
+        )
+    note = "; ".join(problems)
+    steady = f"steady part: {interval:g} s to the end"
+    cpu_note = f"of which counting the probes {d['counting_cpu'] * 100:.1f} %"
+    return [
+        Row(
+            name,
+            "probes/s, mean",
+            mean,
+            None,
+            "",
+            f"{rate * 0.9:g} to {rate * 1.1:g}",
+            "PASS" if abs(mean - rate) <= rate * 0.1 else "FAIL",
+            steady,
+        ),
+        Row(
+            name,
+            "busiest second / mean",
+            peak,
+            None,
+            "",
+            "<= 2",
+            _absolute(peak, 2.0),
+            f"quietest second {d['steady_min']}, busiest {d['steady_max']}",
+        ),
+        Row(
+            name,
+            "busiest 100 ms / mean",
+            d["busiest_100ms"] / (mean / 10) if mean else math.inf,
+            None,
+            "",
+            "-",
+            "-",
+            f"busiest 100 ms: {d['busiest_100ms']} probes; longest garbage "
+            f"collector pause {d['gc_longest_pause'] * 1e3:.0f} ms",
+        ),
+        Row(
+            name,
+            "CPU (1 core)",
+            d["steady_cpu"],
+            None,
+            "%",
+            "<= 30 %",
+            _absolute(d["steady_cpu"], 0.30),
+            f"{steady}; {cpu_note}",
+        ),
+        Row(name, "CPU with start-up", d["total_cpu"], None, "%", "-", "-"),
+        Row(
+            name,
+            "peak RSS",
+            d["peak_rss_mib"],
+            None,
+            "MiB",
+            "<= 200 MiB",
+            _absolute(d["peak_rss_mib"], 200.0),
+        ),
+        Row(
+            name,
+            "read free at the end",
+            free,
+            None,
+            "",
+            f"{n}/{n}",
+            "PASS" if free == n and d["longest_between_looks"] < interval else "FAIL",
+            note,
+        ),
+    ]
+
+
 RUNNERS: dict[str, Callable[[bool, int, dict[str, Any]], list[Row]]] = {
     "single": scenario_single,
     "waits-1000": scenario_waits_1000,
@@ -419,6 +541,7 @@ RUNNERS: dict[str, Callable[[bool, int, dict[str, Any]], list[Row]]] = {
     "assert_free": scenario_assert_free,
     "cli": scenario_cli,
     "free-load": scenario_free_load,
+    "monitors-10000": scenario_monitors,
 }
 
 
@@ -499,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=[*SCENARIOS, *ALIASES],
         metavar="SCENARIO",
-        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)} or 1-6",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)} or 1-7",
     )
     parser.add_argument(
         "--json", metavar="FILE", help="also write every figure to FILE"
