@@ -76,8 +76,12 @@ def _selectables(reactor: Any) -> int:
     )
 
 
-def deferred_side(n: int, interval: float, duration: float) -> dict[str, Any]:
-    """``n`` monitors on the default global reactor for ``duration`` s."""
+def deferred_side(
+    n: int, interval: float, duration: float, budget: float | None = None
+) -> dict[str, Any]:
+    """``n`` monitors on the default global reactor for ``duration`` s; with
+    ``budget``, on a :class:`txportend.Pacing` of that many probes a second
+    instead of the reactor's own (the quick run scales it down with ``n``)."""
     from twisted.application.service import MultiService
     from twisted.internet import reactor as global_reactor
     from twisted.internet import task
@@ -90,8 +94,10 @@ def deferred_side(n: int, interval: float, duration: float) -> dict[str, Any]:
     def main(reactor: Any) -> Deferred[None]:
         server = HelperServer(lifetime=duration + 120)
         ports = server.bind(n)
+        pacing = None if budget is None else txportend.Pacing(reactor, budget=budget)
         monitors = [
-            txportend.Monitor(LOOPBACK, port, interval=interval) for port in ports
+            txportend.Monitor(LOOPBACK, port, interval=interval, pacing=pacing)
+            for port in ports
         ]
         services = MultiService()
         for monitor in monitors:

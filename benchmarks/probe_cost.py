@@ -8,8 +8,8 @@ process), one probe after another, reporting user and system CPU per probe
 (``getrusage(RUSAGE_SELF)``). The layers, cheapest first:
 
 ``raw socket``
-    ``socket()``, non-blocking ``connect_ex()``, ``SO_ERROR``, ``SO_LINGER``
-    0 and ``close()`` in a plain loop: the floor. On loopback the kernel
+    ``socket()``, non-blocking ``connect_ex()``, ``SO_ERROR`` and a plain
+    ``close()`` in a loop: the floor. On loopback the kernel
     finishes the handshake (or the RST) inside ``connect()``, so ``SO_ERROR``
     already holds the answer.
 ``portend``
@@ -20,7 +20,7 @@ process), one probe after another, reporting user and system CPU per probe
     The same with a connect timeout: a ``callLater`` and a ``TimeoutError``
     instance per attempt.
 ``connect_once``
-    ``txportend._probe.connect_once``: adds the Deferred, the SO_LINGER reset.
+    ``txportend._probe.connect_once``: adds the Deferred and its checks.
 ``probe``
     ``txportend.probe``: adds ``resolve`` (an IP literal: ``succeed``),
     ``gatherResults`` and the ``ProbeResult``.
@@ -47,14 +47,11 @@ import errno
 import json
 import resource
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ._common import LOOPBACK, HelperServer
-
-_LINGER = struct.pack("ii", 1, 0)
 
 
 def _usage() -> tuple[float, float]:
@@ -83,8 +80,6 @@ def _raw_probe(port: int) -> bool:
         rc = s.connect_ex((LOOPBACK, port))
         if rc == errno.EINPROGRESS:
             rc = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if rc == 0:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER)
         return rc == 0
     finally:
         s.close()
@@ -104,7 +99,7 @@ def measure(n: int) -> dict[str, dict[str, Any]]:
 
     class _Quick(Protocol):
         def connectionMade(self) -> None:
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     class _Factory(ClientFactory):
         noisy = False

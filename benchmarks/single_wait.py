@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import random
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -114,14 +113,11 @@ def portend_side(state: str, trials: int, seed: int) -> dict[str, Any]:
 def _bare_wait(want_occupied: bool) -> Callable[[str, int, float], None]:
     """The cheapest poller one can write in Python: one plain connect(),
     then ``time.sleep(FLOOR_PACE)``, no library at all."""
-    reset = struct.pack("ii", 1, 0)
 
     def wait(host: str, port: int, timeout: float) -> None:
         for _ in range(int(timeout / FLOOR_PACE) + 2):  # bounded by the timeout
             with socket.socket() as s:
                 code = s.connect_ex((host, port))
-                if code == 0:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
             if (code == 0) == want_occupied and code in (0, errno.ECONNREFUSED):
                 return
             time.sleep(FLOOR_PACE)
