@@ -385,7 +385,7 @@ def seconds(
         return math.inf
     if isinstance(value, datetime.timedelta):
         result = value.total_seconds()
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+    elif isinstance(value, (float, int, numbers.Real)) and not isinstance(value, bool):
         try:
             result = float(value)
         except OverflowError:
