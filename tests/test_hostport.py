@@ -468,3 +468,37 @@ def test_interval_policy_refuses_what_the_rule_refuses(
 ) -> None:
     with pytest.raises(error, match="interval"):
         interval_policy(interval)  # type: ignore[arg-type]
+
+
+@given(
+    value=st.one_of(
+        st.floats(),
+        st.integers(),
+        st.timedeltas(),
+        st.none(),
+        st.booleans(),
+        st.text(max_size=5),
+    ),
+    unlimited=st.booleans(),
+    negative=st.sampled_from(["check once", "refuse"]),
+)
+def test_seconds_gives_seconds_by_the_rule_or_refuses(
+    value: object, unlimited: bool, negative: str
+) -> None:
+    try:
+        result = seconds(value, unlimited=unlimited, negative=negative)  # type: ignore[arg-type]
+    except TypeError:
+        assert isinstance(value, (str, bool)) or (value is None and not unlimited)
+        return
+    except ValueError:
+        return
+    assert isinstance(result, float) and result >= 0 and not math.isnan(result)
+    assert unlimited or not math.isinf(result)
+    if value is None:
+        assert result == math.inf
+    elif isinstance(value, datetime.timedelta):
+        assert result == max(value.total_seconds(), 0.0)
+        assert value >= datetime.timedelta(0) or negative == "check once"
+    else:
+        assert result == max(float(value), 0.0)  # type: ignore[arg-type]
+        assert value >= 0 or negative == "check once"  # type: ignore[operator]
