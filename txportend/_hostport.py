@@ -1,15 +1,26 @@
 """
-Pure helpers: host/port parsing, bind-address mapping, durations.
+Pure helpers: host/port parsing and checking, bind-address mapping,
+durations: where every input of every face (the Deferred API, the blocking
+API, the command line) is checked, so that it is taken as documented or
+refused with one clear error.
 
-Nothing here touches the network or the reactor.
+Nothing here touches the network or the reactor (checking an IPv6 scope
+asks this machine for its interface names, no more).
 """
 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import math
+import numbers
+import re
+import socket
+import string
+import unicodedata
 import urllib.parse
 from collections.abc import Sequence
+from typing import Literal
 
 #: What a ``timeout`` may be: seconds, a :class:`datetime.timedelta`, or
 #: ``None``/``math.inf`` to wait forever.
@@ -51,8 +62,6 @@ def is_loopback(address: str) -> bool:
     >>> [is_loopback(a) for a in ('127.0.0.1', '127.1.2.3', '::1', '10.0.0.1', 'db')]
     [True, True, True, False, False]
     """
-    import ipaddress
-
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
@@ -118,41 +127,162 @@ class HostPort(str):
         return cls(":".join([host, str(port)]))
 
 
+def _odd_character(text: str) -> str | None:
+    """
+    Describe the first character of ``text`` that is whitespace or
+    invisible (a control or format character), or return ``None``.
+    """
+    names = {
+        " ": "a space",
+        "\t": "a tab",
+        "\n": "a line feed",
+        "\r": "a carriage return",
+    }
+    for char in text:
+        if char in names:
+            return names[char]
+        if char.isspace() or unicodedata.category(char)[0] in "CZ":
+            return f"the character {char!r}"
+    return None
+
+
+# ASCII punctuation no host name has ('-', '_' and '.' are fine).
+_NOT_IN_NAMES = frozenset(string.punctuation) - set("-_.")
+
+
 def check_host(host: object) -> None:
     """
-    Reject the empty hosts portend rejects, with portend's message.
+    Refuse, at once, a host that can't be used as a host name or address.
 
-    :raises ValueError: ``Host values of '' or None are not allowed.``
+    Accepted: IPv4 and IPv6 address literals (bind addresses such as
+    ``0.0.0.0`` and ``::`` included), scoped IPv6 literals whose scope is a
+    number or the name of one of this machine's interfaces
+    (``fe80::1%lo``), and host names made of labels of 1 to 63 characters
+    (letters, digits, ``-`` and ``_``, as container names have, or
+    international names that IDNA-encode) separated by dots, 253 characters
+    at most, a trailing dot allowed (``db.example.``).
+
+    :raises ValueError: ``Host values of '' or None are not allowed.`` for an
+        empty host or ``None`` (portend's message); otherwise a one-line
+        message saying what is wrong: whitespace or a control character (a
+        NUL would cut the name short), brackets (``[::1]``: write ``::1``),
+        a character no host name has, an empty label (``a..b``), a label or
+        name too long, a name that does not IDNA-encode, a scope naming no
+        interface. The same host is refused the same way by every function
+        that takes one.
+    :raises TypeError: for a host that is not a :class:`str` (``127``,
+        ``b"127.0.0.1"``).
     """
-    if not host:
+    if host is None or host == "":
         raise ValueError("Host values of '' or None are not allowed.")
+    if not isinstance(host, str):
+        raise TypeError(
+            f"a host is a str (a name or an address), not {type(host).__name__}: "
+            f"{host!r}"
+        )
+    odd = _odd_character(host)
+    if odd is not None:
+        raise ValueError(f"host {host!r} contains {odd}, which no host name has")
+    if host.startswith("[") and host.endswith("]"):
+        raise ValueError(
+            f"host {host!r}: write the address without brackets ({host[1:-1]!r})"
+        )
+    if ":" in host:
+        _check_ipv6(host)
+        return
+    if _is_ipv4(host):
+        return
+    _check_name(host)
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_ipv6(host: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError(
+            f"host {host!r} is not an IPv6 address (a port is given on its own)"
+        ) from None
+    _, percent, scope = host.partition("%")
+    if percent and not (scope.isascii() and scope.isdigit()):
+        try:
+            socket.if_nametoindex(scope)
+        except OSError:
+            raise ValueError(
+                f"host {host!r}: this machine has no network interface named {scope!r}"
+            ) from None
+
+
+def _check_name(host: str) -> None:
+    name = host[:-1] if host.endswith(".") else host
+    for char in name:
+        if char in _NOT_IN_NAMES:
+            raise ValueError(f"host {host!r}: a host name has no {char!r}")
+    encoded = 0
+    for label in name.split("."):
+        if not label:
+            raise ValueError(
+                f"host {host!r} has an empty label (a leading dot or two in a row)"
+            )
+        try:
+            encoded += len(label.encode("idna")) + 1
+        except UnicodeError:
+            if len(label) > 63:
+                raise ValueError(
+                    f"host {host!r} has a label longer than 63 characters"
+                ) from None
+            raise ValueError(
+                f"host {host!r} is not a valid international (IDNA) name"
+            ) from None
+    if encoded - 1 > 253:
+        raise ValueError(f"host {host!r} is longer than 253 characters")
 
 
 def check_port(port: object) -> int:
     """
-    Return ``port`` as an int, accepting digit strings as portend's
-    ``getaddrinfo`` does.
+    Return ``port`` as an int, accepting digit strings (``"8080"``) as
+    portend's ``getaddrinfo`` does.
 
-    :raises ValueError: when it is not a number in 0..65535.
+    :raises ValueError: when it is not a number in 0..65535 (a string only
+        of the ASCII digits, without a sign or spaces).
     """
     number: int | None = None
     if isinstance(port, int) and not isinstance(port, bool):
         number = port
-    elif isinstance(port, str) and port.strip().isdigit():
+    elif isinstance(port, str) and port.isascii() and port.isdigit():
         number = int(port)
     if number is None or not 0 <= number <= 65535:
         raise ValueError(f"port must be a number in 0..65535, not {port!r}")
     return number
 
 
+_TARGET_FORM = "expected HOST:PORT or [IPv6]:PORT"
+_NOT_IN_TARGETS = {"@": "user info", "/": "path", "?": "query", "#": "fragment"}
+
+
 def parse_target(text: str) -> HostPort:
     """
-    Parse and validate a ``host:port`` or ``[v6addr]:port`` target.
+    Parse and validate a ``host:port`` or ``[v6addr]:port`` target, as the
+    command line (and a configuration file) takes it.
+
+    The text is taken as it is, or refused: no whitespace or control
+    character anywhere (not even around it), no user info, path, query or
+    fragment (``user@host:80/path``), a port of ASCII digits only, an IPv6
+    address in brackets (``[::1]:80``, ``[fe80::1%lo]:80``) and nothing else
+    in brackets; the host is checked as :func:`check_host` checks it.
 
     :param text: the target as a user typed it.
     :return: a :class:`HostPort` whose ``host`` and ``port`` are both set,
         with the port in 1..65535.
-    :raises ValueError: with a one-line message saying what is wrong.
+    :raises ValueError: with a one-line message that names the target and
+        says what is wrong.
 
     >>> parse_target('[::1]:8080').port
     8080
@@ -165,53 +295,177 @@ def parse_target(text: str) -> HostPort:
     ...
     ValueError: 'localhost:http': port must be a number in 1..65535
     """
-    target = HostPort(text.strip())
-    try:
-        parsed = urllib.parse.urlparse(f"//{target}")
-        port = parsed.port
-    except ValueError:
-        raise ValueError(f"{text!r}: port must be a number in 1..65535") from None
-    if port is None:
-        raise ValueError(f"{text!r}: missing port (expected HOST:PORT or [IPv6]:PORT)")
-    if not 1 <= port <= 65535:
+    if not isinstance(text, str):
+        raise TypeError(f"a target is a str, not {type(text).__name__}: {text!r}")
+    odd = _odd_character(text)
+    if odd is not None:
+        raise ValueError(f"{text!r}: a target has no whitespace, but this has {odd}")
+    for char, what in _NOT_IN_TARGETS.items():
+        if char in text:
+            raise ValueError(
+                f"{text!r}: a target has no {what} ({char!r}); {_TARGET_FORM}"
+            )
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"{text!r}: missing ']' after the IPv6 address")
+        if not rest.startswith(":"):
+            raise ValueError(f"{text!r}: missing port ({_TARGET_FORM})")
+        if host and ":" not in host:
+            raise ValueError(f"{text!r}: brackets are for IPv6 addresses only")
+        port = rest[1:]
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            raise ValueError(f"{text!r}: missing port ({_TARGET_FORM})")
+        if ":" in host:
+            raise ValueError(
+                f"{text!r}: write an IPv6 address in brackets, as in [::1]:80"
+            )
+    if not port:
+        raise ValueError(f"{text!r}: missing port ({_TARGET_FORM})")
+    if not host:
+        raise ValueError(f"{text!r}: missing host ({_TARGET_FORM})")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ValueError(f"{text!r}: port must be a number in 1..65535")
-    if not parsed.hostname:
-        raise ValueError(f"{text!r}: missing host (expected HOST:PORT or [IPv6]:PORT)")
-    if any(c.isspace() for c in parsed.hostname):
-        raise ValueError(f"{text!r}: a host name has no spaces")
-    return target
+    try:
+        check_host(host)
+    except ValueError as error:
+        raise ValueError(f"{text!r}: {error}") from None
+    return HostPort(text)
+
+
+def seconds(
+    value: object,
+    *,
+    name: str = "timeout",
+    unlimited: bool = True,
+    negative: Literal["check once", "refuse"] = "refuse",
+) -> float:
+    """
+    Normalise a duration argument to seconds: the one rule every
+    ``timeout`` and ``interval`` of txportend follows.
+
+    - Seconds as an :class:`int` or :class:`float` (any real number, but not
+      a :class:`bool`), or a :class:`datetime.timedelta`.
+    - ``None`` or ``math.inf``: no limit, where no limit makes sense
+      (``unlimited=True``: the timeouts); refused elsewhere (intervals).
+    - A negative value (``-inf`` included): with
+      ``negative="check once"``, ``0.0``, meaning a deadline already past
+      that still gets one check, as portend reads a negative timeout of
+      ``occupied``, ``free`` and the command line's ``-t``; with
+      ``negative="refuse"``, refused (intervals, a probe's own timeout).
+    - NaN is refused; so is text: a string is parsed by
+      :func:`parse_duration`, at the command line and in configuration
+      files, never taken by the API.
+
+    :param value: the argument as the caller gave it.
+    :param name: what the argument is called, for the error message.
+    :param unlimited: whether ``None`` and ``math.inf`` mean "no limit".
+    :param negative: what a negative value means: ``"check once"`` (it
+        reads as ``0.0``) or ``"refuse"``.
+    :return: seconds, a float ``>= 0`` (``math.inf`` only when unlimited).
+    :raises TypeError: for a value that is not seconds or a timedelta
+        (a string, a bool, ``None`` where there must be a limit).
+    :raises ValueError: for NaN, a negative value where refused, infinity
+        where there must be a limit, or an int too large for a float.
+
+    >>> seconds(datetime.timedelta(minutes=1))
+    60.0
+    >>> seconds(None)
+    inf
+    >>> seconds(-1, negative="check once")
+    0.0
+    >>> seconds("5")
+    Traceback (most recent call last):
+    ...
+    TypeError: timeout must be seconds or a timedelta, not str: '5' (text is ...)
+    """
+    if value is None and unlimited:
+        return math.inf
+    if isinstance(value, datetime.timedelta):
+        result = value.total_seconds()
+    elif isinstance(value, (float, int, numbers.Real)) and not isinstance(value, bool):
+        try:
+            result = float(value)
+        except OverflowError:
+            raise ValueError(f"{name} is too large: {value!r}") from None
+    else:
+        hint = (
+            " (text is for the command line; parse it with parse_duration)"
+            if isinstance(value, (str, bytes))
+            else ""
+        )
+        raise TypeError(
+            f"{name} must be seconds or a timedelta, not "
+            f"{type(value).__name__}: {value!r}{hint}"
+        )
+    if math.isnan(result):
+        raise ValueError(f"{name} must be a number of seconds, not {value!r}")
+    if result < 0:
+        if negative == "refuse":
+            raise ValueError(f"{name} must not be negative: {value!r}")
+        return 0.0
+    if math.isinf(result) and not unlimited:
+        raise ValueError(f"{name} must be finite: {value!r}")
+    return result + 0.0  # -0.0 reads as 0.0
 
 
 def timeout_seconds(timeout: TimeoutType) -> float:
     """
-    Normalise a timeout to seconds, ``math.inf`` meaning forever.
+    Normalise the ``timeout`` of a wait or of ``assert_free`` to seconds:
+    :func:`seconds` with no limit allowed and a negative timeout meaning
+    "check once", as in portend.
 
     :param timeout: seconds, a :class:`datetime.timedelta`, ``None`` or
         ``math.inf``.
-    :raises ValueError: for a negative or NaN timeout.
+    :raises TypeError: for a string or another type (see :func:`seconds`).
+    :raises ValueError: for NaN.
 
     >>> timeout_seconds(None)
     inf
     >>> timeout_seconds(datetime.timedelta(minutes=1))
     60.0
+    >>> timeout_seconds(-1)
+    0.0
     """
-    if timeout is None:
-        return math.inf
-    if isinstance(timeout, datetime.timedelta):
-        seconds = timeout.total_seconds()
-    else:
-        seconds = float(timeout)
-    if math.isnan(seconds):
-        raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
-    # portend treats a timeout already past (negative) as "check once".
-    return max(seconds, 0.0)
+    return seconds(timeout, name="timeout", unlimited=True, negative="check once")
+
+
+# Plain seconds as written at a prompt: 30, 2.5, .5, 1e3 (ASCII only).
+_PLAIN = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# The human forms: numbers each with its unit (1m30s, '2 minutes', '1h, 5m').
+_HUMAN = re.compile(r"(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+) ?[A-Za-zµ]+[ ,]*)+")
+_DURATION_HINT = "try 30, 2.5, 1m30s or '2 minutes'"
 
 
 def parse_duration(text: str) -> float:
     """
-    Parse a duration typed by a person: plain seconds or a human form.
+    Parse a duration typed by a person (a command-line argument, a value in
+    a configuration file): plain seconds or a human form.
 
-    :param text: ``"5"``, ``"0.25"``, ``"1m30s"``, ``"2 minutes"``, ``"inf"``.
+    The text is taken as written or refused, never read otherwise:
+
+    - plain seconds: ``30``, ``2.5``, ``.5``, ``1e3``; ``inf`` (or
+      ``infinity``) for no limit;
+    - human forms, where every number has its unit: ``1m30s``, ``250ms``,
+      ``'2 minutes'``, ``'1h, 5m'`` (units as :func:`tempora.parse_timedelta`
+      reads them: ``us``/``µs``, ``ms``, ``s``/``sec``, ``m``/``min``,
+      ``h``/``hr``, ``d``, ``w``, and their long names);
+    - one sign, ``-`` or ``+``, only in front of the whole value: ``-1m30s``
+      is -90 seconds (whether a negative value is allowed is for the caller
+      to say, with :func:`seconds`); a sign inside (``1m -30s``) is refused.
+
+    Refused with a :exc:`ValueError`: anything else, among it NaN, a clock
+    form such as ``1:30`` (an hour and a half, or a minute and a half?), a
+    number without its unit in a human form (``1m 30``, or ``1,5``, which
+    would add up to 6 s), whitespace other than spaces, and a value too
+    large: plain seconds that overflow a float (``1e400``), or a human form
+    beyond :class:`datetime.timedelta`'s range; ``inf`` must be written to
+    mean no limit.
+
+    :param text: ``"5"``, ``"0.25"``, ``"1m30s"``, ``"2 minutes"``, ``"inf"``,
+        ``"-1"``.
     :return: seconds as a float (``math.inf`` for ``"inf"``).
     :raises ValueError: with a one-line message when it is not a duration.
 
@@ -219,36 +473,50 @@ def parse_duration(text: str) -> float:
     90.0
     >>> parse_duration('250ms')
     0.25
+    >>> parse_duration('-1')
+    -1.0
     >>> parse_duration('soon')
     Traceback (most recent call last):
     ...
     ValueError: 'soon' is not a duration (try 30, 2.5, 1m30s or '2 minutes')
     """
-    stripped = text.strip()
-    if stripped.startswith("-"):
-        raise ValueError(f"{text!r} is not a duration (it must not be negative)")
-    try:
-        if not stripped:
-            raise ValueError("empty")
-        seconds = float(stripped)
-    except ValueError:
-        try:
-            if not any(c.isdigit() for c in stripped):
-                # tempora reads text it doesn't know as 0 seconds.
-                raise ValueError("no number")
-            # Only now: tempora takes tens of milliseconds to import, which a
-            # plain number (the command line's usual case) never pays.
-            from tempora import parse_timedelta
-
-            seconds = parse_timedelta(stripped).total_seconds()
-        except (ValueError, KeyError, TypeError, OverflowError):
-            raise ValueError(
-                f"{text!r} is not a duration (try 30, 2.5, 1m30s or '2 minutes')"
-            ) from None
-    if math.isnan(seconds):
+    if not isinstance(text, str):
+        raise TypeError(f"a duration is text here, not {type(text).__name__}")
+    body = text.strip(" ")
+    sign = -1.0 if body.startswith("-") else 1.0
+    if body[:1] in ("-", "+"):
+        body = body[1:]
+    odd = _odd_character(body.replace(" ", ""))
+    if odd is not None:
+        raise ValueError(f"{text!r} is not a duration (it has {odd})")
+    if any(char in body for char in "+-"):
         raise ValueError(
-            f"{text!r} is not a duration (try 30, 2.5, 1m30s or '2 minutes')"
+            f"{text!r} is not a duration (a sign goes only in front of the "
+            "whole value, as in -1m30s)"
         )
-    if seconds < 0:
-        raise ValueError(f"{text!r} is not a duration (it must not be negative)")
-    return seconds
+    if ":" in body:
+        raise ValueError(f"{text!r} is not a duration (write 1h30m or 1m30s)")
+    if body.lower() in ("inf", "infinity"):
+        return sign * math.inf
+    if _PLAIN.fullmatch(body):
+        value = float(body)
+        if math.isinf(value):
+            raise ValueError(
+                f"{text!r} is too large a duration (write inf for no limit)"
+            )
+    elif _HUMAN.fullmatch(body):
+        # Only now: tempora takes tens of milliseconds to import, which a
+        # plain number (the command line's usual case) never pays.
+        from tempora import parse_timedelta
+
+        try:
+            value = parse_timedelta(body).total_seconds()
+        except ArithmeticError:  # OverflowError, decimal's InvalidOperation
+            raise ValueError(
+                f"{text!r} is too large a duration (write inf for no limit)"
+            ) from None
+        except (ValueError, LookupError, TypeError):
+            raise ValueError(f"{text!r} is not a duration ({_DURATION_HINT})") from None
+    else:
+        raise ValueError(f"{text!r} is not a duration ({_DURATION_HINT})")
+    return sign * value + 0.0  # -0 reads as 0.0

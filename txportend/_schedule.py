@@ -5,8 +5,9 @@ The polling schedule: when the next probe of a wait comes.
 from __future__ import annotations
 
 import datetime
-import math
 from collections.abc import Callable
+
+from ._hostport import seconds
 
 #: What an ``interval`` may be: fixed seconds, a :class:`datetime.timedelta`,
 #: or a policy ``(attempt) -> seconds`` (attempt counts from 0), like the one
@@ -43,17 +44,15 @@ def interval_policy(interval: IntervalType) -> Callable[[int], float]:
     """
     Turn an ``interval`` argument into a policy ``(attempt) -> seconds``.
 
-    :raises ValueError: for a negative or NaN fixed interval.
+    A fixed interval follows txportend's one duration rule
+    (:func:`txportend._hostport.seconds`): seconds (not a bool) or a
+    :class:`datetime.timedelta`, finite and not negative; ``0`` probes
+    again at once. A callable is the policy itself.
+
+    :raises TypeError: for a string, ``None`` or another type.
+    :raises ValueError: for a negative, infinite or NaN interval.
     """
     if callable(interval):
         return interval
-    seconds = (
-        interval.total_seconds()
-        if isinstance(interval, datetime.timedelta)
-        else float(interval)
-    )
-    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
-        raise ValueError(
-            f"interval must be a finite, non-negative number: {interval!r}"
-        )
-    return lambda attempt: seconds
+    pause = seconds(interval, name="interval", unlimited=False, negative="refuse")
+    return lambda attempt: pause

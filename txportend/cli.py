@@ -150,7 +150,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _seconds(text: str) -> float:
-    """A duration argument: plain seconds or a human form (``1m30s``)."""
+    """
+    A ``--timeout``: plain seconds or a human form (``1m30s``). A negative
+    one is let through: it means "check once", as in portend.
+    """
     from ._hostport import parse_duration
 
     try:
@@ -160,10 +163,15 @@ def _seconds(text: str) -> float:
 
 
 def _interval(text: str) -> float:
-    seconds = _seconds(text)
-    if math.isinf(seconds):
-        raise argparse.ArgumentTypeError(f"{text!r}: the interval must be finite")
-    return seconds
+    """An ``--interval``: a duration that is finite and not negative."""
+    from ._hostport import seconds
+
+    try:
+        return seconds(
+            _seconds(text), name="the interval", unlimited=False, negative="refuse"
+        )
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
 
 
 class _Options:
