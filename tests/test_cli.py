@@ -321,7 +321,7 @@ BAD = [
     (["occupied"], "no targets"),
     ([], "missing targets and state"),
     (["localhost:80", "occupied", "-t", "soon"], "'soon' is not a duration"),
-    (["localhost:80", "occupied", "-t", "-5"], "must not be negative"),
+    (["localhost:80", "occupied", "--interval", "-5"], "must not be negative"),
     (["localhost:80", "occupied", "-t"], "expected one argument"),
     (["localhost:80", "occupied", "--interval", "later"], "not a duration"),
     (["localhost:80", "occupied", "--interval", "inf"], "must be finite"),

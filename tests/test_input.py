@@ -130,21 +130,9 @@ TIMEOUT_CALLS: dict[str, Callable[[Any, Any], object]] = {
     ),
     "probe": lambda t, r: txportend.probe("127.0.0.1", 80, t, reactor=r),
 }
-#: probe() passes its timeout on unchecked today; these pass once it calls
-#: seconds(timeout, name="timeout", unlimited=True, negative="refuse").
-PROBE_XFAIL = pytest.mark.xfail(
-    strict=True, reason="probe() does not yet put its timeout through seconds()"
-)
 
 
-def _timeout_faces() -> list[Any]:
-    return [
-        pytest.param(face, marks=PROBE_XFAIL) if face == "probe" else face
-        for face in sorted(TIMEOUT_CALLS)
-    ]
-
-
-@pytest.mark.parametrize("face", _timeout_faces())
+@pytest.mark.parametrize("face", sorted(TIMEOUT_CALLS))
 @pytest.mark.parametrize(("timeout", "error"), BAD_TIMEOUTS, ids=repr)
 def test_the_deferred_api_refuses_a_bad_timeout_at_once(
     face: str, timeout: object, error: type[BaseException]
@@ -158,7 +146,7 @@ def test_the_deferred_api_refuses_a_bad_timeout_at_once(
     assert reactor.tcpClients == [] and reactor.getDelayedCalls() == []
 
 
-@pytest.mark.parametrize("face", _timeout_faces())
+@pytest.mark.parametrize("face", sorted(TIMEOUT_CALLS))
 def test_every_timeout_takes_a_timedelta(face: str) -> None:
     reactor = memory_reactor()
     d: Any = TIMEOUT_CALLS[face](datetime.timedelta(milliseconds=250), reactor)
@@ -167,7 +155,6 @@ def test_every_timeout_takes_a_timedelta(face: str) -> None:
     assert reactor.getDelayedCalls() == []
 
 
-@PROBE_XFAIL
 def test_a_probes_own_timeout_is_never_negative() -> None:
     """A probe has no "check once" reading: a negative timeout is refused."""
     kind, message = refusal(

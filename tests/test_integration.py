@@ -160,10 +160,12 @@ async def test_localhost_is_resolved_without_blocking(reactor: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_name_fails_free_at_once(reactor: Any, unused_port: int) -> None:
-    with pytest.raises(txportend.HostNotFound):
-        # An empty label is refused before any lookup: no DNS traffic.
-        await txportend.free("no-such-host..invalid", unused_port, reactor=reactor)
+async def test_an_unusable_name_is_refused_at_once(
+    reactor: Any, unused_port: int
+) -> None:
+    with pytest.raises(ValueError, match="empty label"):
+        # Refused before any lookup (no DNS traffic), synchronously.
+        txportend.free("no-such-host..invalid", unused_port, reactor=reactor)
 
 
 @pytest_twisted.ensureDeferred

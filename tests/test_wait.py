@@ -360,11 +360,13 @@ def test_a_lookup_that_never_answers_still_times_out() -> None:
     assert reactor.getDelayedCalls() == []
 
 
-def test_an_invalid_name_fails_at_once() -> None:
+def test_an_invalid_name_is_refused_at_once() -> None:
     """getaddrinfo raises UnicodeError for an empty label, which Twisted's
-    resolver never reports: txportend does not ask it."""
-    d = txportend.probe("db..local", 80, reactor=memory_reactor())
-    assert "not a valid name" in str(failure(d, txportend.HostNotFound).value)
+    resolver never reports: check_host refuses it before any lookup."""
+    reactor = memory_reactor()
+    with pytest.raises(ValueError, match="empty label"):
+        txportend.probe("db..local", 80, reactor=reactor)
+    assert reactor.nameResolver.asked == []
 
 
 def test_free_keeps_waiting_while_loopback_gives_no_answer() -> None:

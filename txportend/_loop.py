@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
-from ._hostport import client_host, is_loopback
+from ._hostport import client_host, is_loopback, seconds
 from ._pacing import Pacing
 from ._probe import probe_checked
 from ._reactor import IPortendReactor
@@ -167,11 +167,11 @@ class ProbeLoop:
         hints = self._hints
         if hints is not None and hints.take_hint():
             return 0.0
-        pause = float(self._policy(self._pauses))
-        if not 0 <= pause < math.inf:
-            raise ValueError(
-                f"the interval policy gave {pause!r}: not a number of seconds"
-            )
+        pause = seconds(
+            self._policy(self._pauses),
+            name="the interval policy's pause",
+            unlimited=False,
+        )
         self._pauses += 1
         if isinstance(outcome, ProbeResult) and outcome.queue_full():
             pause = max(pause, FULL_QUEUE_PAUSE)

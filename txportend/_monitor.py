@@ -5,7 +5,6 @@ Twisted service on the same probe-and-pause loop as the waits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._errors import HostNotFound
-from ._hostport import HostPort, check_host, check_port, timeout_seconds
+from ._hostport import HostPort, TimeoutType, check_host, check_port, seconds
 from ._loop import ProbeLoop
 from ._pacing import Pacing
 from ._reactor import IPortendReactor, get_reactor
@@ -118,8 +117,12 @@ class Monitor(Service):
     :param reactor: the reactor to use; the global one by default.
     :param pacing: the :class:`Pacing` to share; the reactor's own by
         default.
-    :raises ValueError: for an empty host, a bad port, a negative or NaN
-        interval, or a timeout that is not a positive, finite duration.
+    :raises ValueError: for an empty or unusable host, a bad port, a
+        negative or NaN interval, or a timeout that is not a positive,
+        finite duration.
+    :raises TypeError: for a host that is not a string, or an interval or
+        timeout that is not seconds, a timedelta (or a policy, for the
+        interval).
 
     :ivar target: ``"host:port"``, IPv6 addresses in brackets.
     :ivar state: the :class:`State` now: :attr:`State.UNKNOWN` until the
@@ -143,19 +146,17 @@ class Monitor(Service):
         port: int,
         *,
         interval: IntervalType = 10.0,
-        timeout: float = 1.0,
+        timeout: TimeoutType = 1.0,
         reactor: IPortendReactor | None = None,
         pacing: Pacing | None = None,
     ) -> None:
         check_host(host)
         port = check_port(port)
         self._policy = interval_policy(interval)
-        seconds = timeout_seconds(timeout)
-        if not 0 < seconds < math.inf:
-            raise ValueError(
-                f"timeout must be a positive, finite number of seconds: {timeout!r}"
-            )
-        self._timeout = seconds
+        limit = seconds(timeout, unlimited=False)
+        if limit == 0:
+            raise ValueError(f"timeout must be more than 0 seconds: {timeout!r}")
+        self._timeout = limit
         self._host = host
         self._port = port
         self._reactor = reactor

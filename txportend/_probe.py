@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._errors import HostNotFound
-from ._hostport import check_host, check_port, client_host, timeout_seconds
+from ._hostport import TimeoutType, check_host, check_port, client_host, seconds
 from ._reactor import IPortendReactor, get_reactor
 from ._result import ProbeResult, is_address
 from ._result import probe_now as _probe_now
@@ -114,14 +114,6 @@ def resolve(
     host = client_host(host)
     if is_address(host):
         return succeed([host])
-    try:
-        host.encode("idna")
-    except UnicodeError:
-        # An empty or over-long label: getaddrinfo would raise UnicodeError,
-        # which Twisted's resolver never reports, so the lookup would hang.
-        return fail(
-            HostNotFound(socket.EAI_NONAME, f"Host {host!r} is not a valid name.")
-        )
     resolution: list[IHostResolution] = []
 
     def cancel(d: Deferred[list[str]]) -> None:
@@ -451,7 +443,7 @@ def _gather(
 def probe(
     host: str,
     port: int,
-    timeout: float = 1.0,
+    timeout: TimeoutType = 1.0,
     *,
     reactor: IPortendReactor | None = None,
 ) -> Deferred[ProbeResult]:
@@ -467,9 +459,9 @@ def probe(
     :param host: a host name or address; bind addresses (``0.0.0.0``, ``::``)
         are probed on the matching loopback address.
     :param port: the TCP port.
-    :param timeout: seconds the whole probe may take, the name lookup
-        included: the connection attempts get what the lookup left
-        (``math.inf``: no limit).
+    :param timeout: seconds (or a :class:`~datetime.timedelta`) the whole
+        probe may take, the name lookup included: the connection attempts
+        get what the lookup left (``None`` or ``math.inf``: no limit).
     :param reactor: the reactor to use; the global one by default.
     :return: a Deferred firing with a :class:`ProbeResult`, or failing with
         :class:`~txportend.HostNotFound` when the name does not resolve or
@@ -480,14 +472,16 @@ def probe(
         tried while another gets an answer (``::1`` where IPv6 is switched
         off) is :attr:`Outcome.UNREACHABLE` instead; the probe fails only
         when no address could be tried. It can be cancelled.
-    :raises ValueError: for an empty host (portend's message), a bad port or
-        a bad timeout.
+    :raises ValueError: for an empty or unusable host (portend's message
+        for an empty one), a bad port, or a negative or NaN timeout.
+    :raises TypeError: for a host that is not a string, or a timeout that is
+        not seconds or a timedelta.
     """
     check_host(host)
     port = check_port(port)
-    seconds = timeout_seconds(timeout)
+    limit = seconds(timeout)
     r = get_reactor(reactor)
-    return probe_checked(r, client_host(host), port, seconds, seconds)
+    return probe_checked(r, client_host(host), port, limit, limit)
 
 
 def probe_checked(
@@ -569,7 +563,7 @@ def can_bind(
     host: str,
     port: int,
     *,
-    timeout: float = 1.0,
+    timeout: TimeoutType = 1.0,
     reactor: IPortendReactor | None = None,
 ) -> Deferred[bool]:
     """
@@ -589,7 +583,8 @@ def can_bind(
         every interface. A name must be bindable on every address it
         resolves to.
     :param port: the TCP port.
-    :param timeout: seconds the name lookup may take (binding never waits).
+    :param timeout: seconds (or a :class:`~datetime.timedelta`) the name
+        lookup may take (binding never waits); ``None``: no limit.
     :param reactor: the reactor to use; the global one by default.
     :return: a Deferred firing with ``True``, or ``False`` when binding
         fails for the address (in use, not permitted, not local); failing
@@ -600,11 +595,10 @@ def can_bind(
     """
     check_host(host)
     port = check_port(port)
+    limit = seconds(timeout)
     r = get_reactor(reactor)
     addresses: Deferred[list[str]] = (
-        succeed([host])
-        if is_address(host)
-        else resolve(r, host, port, timeout_seconds(timeout))
+        succeed([host]) if is_address(host) else resolve(r, host, port, limit)
     )
 
     def bind_each(found: Sequence[str]) -> Deferred[bool]:
