@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 import pytest
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -54,7 +55,8 @@ class Table:
 
 
 def _watcher(clock: Clock, table: Table) -> ListenWatcher:
-    return ListenWatcher(clock, read=table.read)
+    # Readings cost nothing on this clock: no wall time in the tests.
+    return ListenWatcher(clock, read=table.read, timer=clock.seconds)
 
 
 def test_watcher_reads_only_with_enough_subscribers() -> None:
@@ -121,9 +123,17 @@ def test_watcher_pause_is_capped() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def _cancel(d: Any) -> None:
+    """Cancel a wait, and take its CancelledError."""
+    d.cancel()
+    d.addErrback(lambda failure: failure.trap(CancelledError))
+
+
 def _many_waits(table: Table, count: int, **kw: Any) -> tuple[Any, list[Any]]:
     reactor = memory_reactor()
-    Pacing.of(reactor).watcher = ListenWatcher(reactor, read=table.read)
+    Pacing.of(reactor).watcher = ListenWatcher(
+        reactor, read=table.read, timer=reactor.seconds
+    )
     waits = [
         txportend.occupied("127.0.0.1", 1000 + n, timeout=60, reactor=reactor, **kw)
         for n in range(count)
@@ -144,7 +154,7 @@ def test_many_waits_share_the_probe_budget() -> None:
     assert len(next_probes) == count
     assert min(next_probes) == pytest.approx(count / PROBE_BUDGET)
     for d in waits:
-        d.cancel()
+        _cancel(d)
     assert reactor.getDelayedCalls() == []
     assert Pacing.of(reactor).active == 0
 
@@ -163,7 +173,7 @@ def test_the_table_wakes_a_wait_before_its_turn() -> None:
     success(waits[2])
     no_result(waits[3])
     for d in waits:
-        d.cancel()
+        _cancel(d)
     assert reactor.getDelayedCalls() == []
 
 
@@ -182,7 +192,7 @@ def test_a_hint_during_a_probe_probes_again_after_it() -> None:
     accept(reactor)
     success(waits[0])
     for d in waits:
-        d.cancel()
+        _cancel(d)
 
 
 def test_remote_waits_do_not_subscribe() -> None:
@@ -190,7 +200,7 @@ def test_remote_waits_do_not_subscribe() -> None:
     d = txportend.occupied("db", 5432, reactor=reactor)
     refuse(reactor)
     assert Pacing.of(reactor).watcher._count == 0
-    d.cancel()
+    _cancel(d)
 
 
 def test_first_probes_beyond_the_burst_are_spread() -> None:
@@ -206,7 +216,7 @@ def test_first_probes_beyond_the_burst_are_spread() -> None:
     reactor.advance(2 / PROBE_BUDGET)
     assert len(attempts(reactor)) == PROBE_BURST + 3
     for d in waits:
-        d.cancel()
+        _cancel(d)
     assert reactor.getDelayedCalls() == []
 
 
@@ -225,7 +235,7 @@ def test_a_spread_first_probe_still_decides_a_zero_timeout() -> None:
     accept(reactor)
     success(d)
     for w in crowd:
-        w.cancel()
+        _cancel(w)
 
 
 def test_watcher_rides_out_a_passing_failure() -> None:
@@ -267,7 +277,7 @@ def test_watched_waits_probe_rarely_until_the_table_wakes_them() -> None:
         == [WATCH_THRESHOLD / WATCHED_PROBE_BUDGET] * WATCH_THRESHOLD
     )
     for d in waits:
-        d.cancel()
+        _cancel(d)
 
 
 def test_a_probe_that_misses_a_ready_port_retries_at_the_plain_pace() -> None:
@@ -288,7 +298,7 @@ def test_a_probe_that_misses_a_ready_port_retries_at_the_plain_pace() -> None:
     others = _next_probe_pauses(reactor)
     assert max(others) == WATCH_THRESHOLD / PROBE_BUDGET
     for d in waits:
-        d.cancel()
+        _cancel(d)
 
 
 def waits_probe_of(reactor: Any, port: int) -> Any:
@@ -306,7 +316,7 @@ def test_shared_state_does_not_keep_a_reactor_alive() -> None:
 
     reactor = memory_reactor()
     d = txportend.occupied("127.0.0.1", 80, reactor=reactor)
-    d.cancel()
+    _cancel(d)
     d.addErrback(lambda failure: None)
     gone = weakref.ref(reactor)
     assert reactor in _shared
@@ -362,7 +372,7 @@ def test_waits_left_when_the_watcher_stops_probe_at_their_own_pace() -> None:
     refuse(reactor)
     assert _next_probe_pauses(reactor)[0] < 0.01  # the default schedule
     for d in waits:
-        d.cancel()
+        _cancel(d)
     assert reactor.getDelayedCalls() == []
 
 
@@ -381,7 +391,7 @@ def test_a_table_turning_unreadable_does_not_make_every_wait_probe_at_once() -> 
     assert len(pauses) == count
     assert all(p == pytest.approx(count / PROBE_BUDGET - elapsed) for p in pauses)
     for d in waits:
-        d.cancel()
+        _cancel(d)
     assert reactor.getDelayedCalls() == []
 
 

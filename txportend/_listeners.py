@@ -122,17 +122,21 @@ class ListenWatcher:
 
     :param reactor: provides ``callLater``.
     :param read: the table reader (:func:`listening_ports` by default).
+    :param timer: measures what a reading costs, in seconds
+        (:func:`time.perf_counter` by default; tests give a fixed one).
     """
 
     def __init__(
         self,
         reactor: IReactorTime,
         read: Callable[[], frozenset[int] | None] = listening_ports,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         # Weakly: the per-reactor registry that holds this watcher must not
         # keep its reactor alive.
         self._reactor = weakref.ref(reactor)
         self._read = read
+        self._timer = timer
         self._subscribers: dict[int, dict[object, Callable[[bool | None], None]]] = {}
         self._count = 0
         self._last: frozenset[int] | None = None
@@ -192,9 +196,9 @@ class ListenWatcher:
         if self._count < WATCH_THRESHOLD:
             self._release()
             return
-        started = time.perf_counter()
+        started = self._timer()
         ports = self._read()
-        cost = time.perf_counter() - started
+        cost = self._timer() - started
         if ports is None:
             self._failures += 1
             if not self._ever_read or self._failures >= WATCH_MAX_FAILURES:
@@ -231,5 +235,5 @@ class ListenWatcher:
             pause = max(WATCH_PAUSE, cost * WATCH_COST_FACTOR)
             # From the start of this reading: after waking many waits, each
             # confirming with a connection, the next reading is due at once.
-            busy = time.perf_counter() - started
+            busy = self._timer() - started
             self._call = self._call_later(max(pause - busy, 0.0))
