@@ -20,7 +20,7 @@ process), one probe after another, reporting user and system CPU per probe
     The same with a connect timeout: a ``callLater`` and a ``TimeoutError``
     instance per attempt.
 ``connect_once``
-    ``txportend._probe.connect_once``: adds the Deferred and its checks.
+    ``txportend._connect.connect_once``: adds the Deferred and its checks.
 ``probe``
     ``txportend.probe``: adds ``resolve`` (an IP literal: ``succeed``),
     ``gatherResults`` and the ``ProbeResult``.
@@ -93,7 +93,7 @@ def measure(n: int) -> dict[str, dict[str, Any]]:
     from twisted.internet.protocol import ClientFactory, Protocol
 
     import txportend
-    from txportend import _probe
+    from txportend import _connect
 
     results: dict[str, dict[str, Any]] = {}
 
@@ -131,7 +131,7 @@ def measure(n: int) -> dict[str, dict[str, Any]]:
         async_layers: dict[str, Callable[[int], Any]] = {
             "connectTCP bare": lambda p: bare(p, None),
             "connectTCP t=1": lambda p: bare(p, 1.0),
-            "connect_once": lambda p: _probe.connect_once(reactor, LOOPBACK, p, 1.0),
+            "connect_once": lambda p: _connect.connect_once(reactor, LOOPBACK, p, 1.0),
             "probe": lambda p: txportend.probe(LOOPBACK, p, 1.0, reactor=reactor),
         }
         checker = portend.Checker()

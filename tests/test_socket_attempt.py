@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txportend import Outcome
-from txportend._probe import _SocketAttempt
+from txportend._connect import _SocketAttempt
 
 from .test_sockets import assert_left_politely
 

@@ -26,7 +26,7 @@ from twisted.internet.task import deferLater
 
 import txportend
 from txportend import Outcome
-from txportend._probe import _ProbeFactory, _SocketAttempt
+from txportend._connect import _ProbeFactory, _SocketAttempt
 
 Transport = Callable[[Any, float], Any]
 
