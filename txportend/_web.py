@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import pages
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.template import (
@@ -84,8 +85,10 @@ def make_site(
     """
     The daemon's :class:`~twisted.web.server.Site`: ``GET`` (and ``HEAD``) of
     ``/``, ``/status`` and ``/metrics``; any other path is 404, any other
-    method 405. Request lines and headers are bounded by twisted.web (16 KiB
-    in all, 500 headers: past that, 400 and the connection is closed).
+    method 405. Requests are bounded by twisted.web's limits: a request line
+    longer than 16 KiB gets 414, a header line longer than that 431, and a
+    request whose lines total more than 16 KiB, or with more than 500
+    headers, 400; each then has its connection closed.
 
     :param watchlist: what to show (read on every request).
     :param reactor: the reactor whose ``seconds()`` the monitors use, and
@@ -105,8 +108,40 @@ def make_site(
     return site
 
 
+class _Channel(HTTPChannel):
+    """
+    twisted.web's HTTP/1.1 channel, answering a request line or a header line
+    longer than its limit (16 KiB) with 414 or 431, where it would close the
+    connection without a word.
+    """
+
+    _in_headers = False
+
+    def lineReceived(self, line: bytes) -> None:
+        self._in_headers = True
+        super().lineReceived(line)  # type: ignore[no-untyped-call]
+
+    def allHeadersReceived(self) -> None:
+        self._in_headers = False
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        status = (
+            b"431 Request Header Fields Too Large"
+            if self._in_headers
+            else b"414 URI Too Long"
+        )
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n" % status
+        )
+        self.loseConnection()  # type: ignore[no-untyped-call]
+
+
 class _Site(Site):
     """A Site that keeps at most ``max_connections`` connections open."""
+
+    protocol = _Channel  # type: ignore[assignment]  # HTTP/1.x: no HTTP/2
 
     def __init__(self, resource: IResource, *, max_connections: int, **kw: Any) -> None:
         super().__init__(resource, **kw)  # type: ignore[no-untyped-call]
