@@ -377,7 +377,8 @@ th { font-size: .8rem; text-transform: uppercase; letter-spacing: .04em;
 td.num { font-variant-numeric: tabular-nums; }
 th.num, td.num { text-align: right; }
 .target { font-family: ui-monospace, monospace; overflow-wrap: anywhere; }
-.check { font-weight: 600; white-space: nowrap; }
+.check, .short { white-space: nowrap; }
+.check { font-weight: 600; }
 tr.ok .check { color: var(--ok); }
 tr.bad { background: var(--bad-bg); }
 tr.bad td:first-child { box-shadow: inset .4rem 0 var(--bad); }
@@ -407,8 +408,8 @@ _COLUMNS = (
     ("Check", "check"),
     ("State", "state"),
     ("Expected", None),
-    ("For", None),
-    ("Last probe", None),
+    ("For", "short"),
+    ("Last probe", "short"),
     ("Changes", "num"),
 )
 
