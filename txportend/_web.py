@@ -7,6 +7,7 @@ thread. Nothing here adds a target or connects anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol as _Protocol
-from twisted.internet.task import Cooperator, TaskStopped
+from twisted.internet.task import Cooperator, TaskFinished, TaskStopped
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -297,7 +298,7 @@ def stream(request: _Request, parts: Iterator[bytes], reactor: IReactorTime) -> 
         request.loseConnection()
 
     def gone(failure: Failure) -> None:
-        if task._completionState is None:  # still running
+        with contextlib.suppress(TaskFinished):  # unless it had ended
             task.stop()
 
     task.whenDone().addCallbacks(lambda _: request.finish(), failed)
