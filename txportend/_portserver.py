@@ -194,13 +194,8 @@ class _Factory(ServerFactory):
     def __init__(self, server: PortServer) -> None:
         self._server = server
 
-    def buildProtocol(self, addr: IAddress | None) -> _Request | None:
-        server = self._server
-        if server.connections >= server.max_connections:
-            # Accepted in the same burst as the one that reached the cap.
-            server.connections_dropped += 1
-            return None
-        return _Request(server)
+    def buildProtocol(self, addr: IAddress | None) -> _Request:
+        return _Request(self._server)
 
 
 def _listen_error(address: str, error: CannotListenError) -> CannotServe:
@@ -262,10 +257,13 @@ class PortServer(Service):
     - A client that sends nothing within ``request_timeout`` seconds is
       disconnected. A client that leaves before its turn is skipped; once
       its port was chosen, the port stays with its pid, as in portpicker.
-    - At most ``max_connections`` connections are open at once: at that
+    - The connections open at once stay near ``max_connections``: at that
       many, the server stops accepting and new clients wait in the kernel's
-      queue. A connection accepted beyond it, in the same burst, is closed
-      at once with nothing sent.
+      queue, to be served in turn (none is turned away). One round of
+      accepts takes at most the room left, but Twisted may widen a round
+      before the server can narrow it again, so a burst can go a little
+      over; the server's file descriptors stay bounded whatever the number
+      of clients.
     - Only processes of the server's own user are answered (the peer's
       credentials, ``SO_PEERCRED``), and a filesystem socket is created with
       mode ``0600``, unless ``allow_other_users`` is set (then any local
@@ -282,7 +280,8 @@ class PortServer(Service):
     :param reactor: an :class:`IPortServerReactor`, the global reactor by
         default (looked up when the service starts).
     :param allow_other_users: answer every local user, not only the server's.
-    :param max_connections: connections served at once.
+    :param max_connections: connections served at once (roughly, see
+        above).
     :param request_timeout: seconds a client may take to send its request.
     :param port_check: says whether a port is free right now;
         :func:`port_is_free` on the reactor by default.
@@ -294,8 +293,7 @@ class PortServer(Service):
     :attr:`ports_allocated`, :attr:`requests_served`,
     :attr:`requests_denied` (no port left), :attr:`bad_requests` (refused:
     malformed, a pid that is not a live process, another user, nothing sent
-    in time, or closed before sending), :attr:`connections_dropped` (over
-    the cap) and :attr:`connections` (open now).
+    in time, or closed before sending) and :attr:`connections` (open now).
     """
 
     def __init__(
@@ -331,8 +329,6 @@ class PortServer(Service):
         self.requests_denied = 0
         #: Requests refused.
         self.bad_requests = 0
-        #: Connections closed at once because too many were open.
-        self.connections_dropped = 0
         #: Connections open now.
         self.connections = 0
         self._open: set[_Request] = set()
@@ -368,6 +364,7 @@ class PortServer(Service):
             not a socket, or the system refuses.
         """
         self._listening = self._listen()
+        self._pace()
         super().startService()  # type: ignore[no-untyped-call]
         log.info(
             "Portserver on {address}, handing out {count} ports.",
@@ -418,8 +415,7 @@ class PortServer(Service):
     def _opened(self, request: _Request) -> None:
         self.connections += 1
         self._open.add(request)
-        if self.connections >= self.max_connections:
-            self._pause(True)
+        self._pace()
         if self.allow_other_users:
             return
         assert request.transport is not None
@@ -431,15 +427,23 @@ class PortServer(Service):
     def _closed(self, request: _Request) -> None:
         self.connections -= 1
         self._open.discard(request)
-        if self.connections < self.max_connections:
-            self._pause(False)
+        self._pace()
 
-    def _pause(self, pause: bool) -> None:
-        """Stop or resume accepting connections."""
-        if pause == self._paused or not IPushProducer.providedBy(self._listening):
+    def _pace(self) -> None:
+        """
+        Accept no more connections than there is room for: none at the cap,
+        and at most the room left in one round (a listening port of
+        Twisted's accepts up to its ``numberAccepts`` in a round).
+        """
+        port = self._listening
+        room = self.max_connections - self.connections
+        if port is not None and hasattr(port, "numberAccepts"):
+            port.numberAccepts = max(1, room)
+        pause = room <= 0
+        if pause == self._paused or not IPushProducer.providedBy(port):
             return
         self._paused = pause
-        producer = cast(IPushProducer, self._listening)
+        producer = cast(IPushProducer, port)
         if pause:
             producer.pauseProducing()
         else:
