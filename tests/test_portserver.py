@@ -378,13 +378,21 @@ def test_stop_drops_connections_and_queue() -> None:
     assert checks.pending == []
     assert server.pool.holder(20001) is None
     assert reactor.getDelayedCalls() == []
-    assert server.connections == 0
+    assert (server.connections, server.bad_requests) == (0, 0)
 
 
 @pytest.mark.parametrize("address", ["", "@", "a\0b"])
 def test_bad_address_refused(address: str) -> None:
     with pytest.raises(ValueError):
         PortServer(address, PortPool([20000]))
+
+
+@pytest.mark.parametrize(
+    "options", [{"max_connections": 0}, {"request_timeout": 0}, {"request_timeout": -1}]
+)
+def test_bad_options_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        PortServer("@x", PortPool([20000]), **options)
 
 
 def test_default_address_is_portpickers() -> None:

@@ -46,7 +46,7 @@ _NO_FAMILY = frozenset({errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNO
 
 
 class IBindReactor(IReactorTCP, IReactorUDP, Interface):
-    """What :func:`port_is_free` needs: ``listenTCP`` and ``listenUDP``."""
+    """What ``port_is_free`` needs: ``listenTCP`` and ``listenUDP``."""
 
 
 def process_start_time(pid: int) -> float | None:
@@ -190,7 +190,7 @@ class PortPool:
     :param ports: the ports to manage, each 1-65535, no duplicates; see
         :func:`parse_port_ranges`.
     :param process_start: returns a process's start time, ``None`` for no
-        such process; :func:`process_start_time` (psutil) by default.
+        such process; ``process_start_time`` (psutil) by default.
     :raises ValueError: for no ports, a duplicate or a number out of range.
     """
 
@@ -256,7 +256,7 @@ class PortPool:
 
         :param pid: the process the port is for.
         :param is_free: says whether a port is free right now, such as
-            :func:`port_is_free` on a reactor.
+            ``port_is_free`` on a reactor.
         :return: a Deferred firing with the port, or ``None`` when no port is
             left (or process ``pid`` is gone); failing with what ``is_free``
             failed with.

@@ -2,22 +2,14 @@
 A portserver: hands each port to one live process at a time, so that test
 suites running in parallel never get the same port.
 
-It speaks portpicker 1.6.0's protocol (``portserver.py`` there), so suites
-calling ``portpicker.pick_unused_port()`` with ``PORTSERVER_ADDRESS`` set use
-it unchanged, and it keeps portpicker's reservation rules:
-
-- The pool (:class:`PortPool`) holds the ports it may hand out, 15000-24999 by
-  default. A port belongs to the process it was given to, known by its pid
-  and start time: it is not handed out again while that process lives, and
-  becomes available again once the process has died or its pid was reused by
-  a new process (the start time tells them apart). Process facts come from
-  :mod:`psutil`.
-- A port is handed out only when it is free right now for TCP and UDP, on
-  IPv6 and on IPv4 (:func:`port_is_free`).
-- The server (:class:`PortServer`) listens on an ``AF_UNIX`` stream socket
-  and reads one request per connection: the pid as ASCII decimal and a
-  newline. It answers ``b"<port>\\n"`` and closes, or closes without an
-  answer when the request is bad or no port is left.
+It speaks portpicker 1.6.0's protocol (``portserver.py`` there, its
+``_PortServerRequestHandler``), so suites calling
+``portpicker.pick_unused_port()`` with ``PORTSERVER_ADDRESS`` set use it
+unchanged: the server listens on an ``AF_UNIX`` stream socket and reads one
+request per connection, the pid as ASCII decimal and a newline. It answers
+``b"<port>\\n"`` and closes, or closes without an answer when the request is
+bad or no port is left. The ports and who holds them are the pool's
+(``txportend._portpool``).
 """
 
 from __future__ import annotations
@@ -274,19 +266,20 @@ class PortServer(Service):
       server's is never taken: starting fails with :class:`CannotServe`.
 
     :param address: ``"@name"`` for Linux's abstract namespace or a
-        filesystem path; :data:`DEFAULT_ADDRESS` by default.
+        filesystem path; ``DEFAULT_ADDRESS`` by default.
     :param pool: the ports to hand out, ``PortPool(parse_port_ranges(
         DEFAULT_POOL))`` by default. The pool also says which processes live.
-    :param reactor: an :class:`IPortServerReactor`, the global reactor by
+    :param reactor: a reactor providing ``IReactorTCP``, ``IReactorUDP``,
+        ``IReactorUNIX`` and ``IReactorTime``, the global reactor by
         default (looked up when the service starts).
     :param allow_other_users: answer every local user, not only the server's.
     :param max_connections: connections served at once (roughly, see
         above).
     :param request_timeout: seconds a client may take to send its request.
     :param port_check: says whether a port is free right now;
-        :func:`port_is_free` on the reactor by default.
+        ``port_is_free`` on the reactor by default.
     :param peer_uid: the user id at the other end of a connection, ``None``
-        when unknown; :func:`peer_uid` by default.
+        when unknown; ``peer_uid`` by default.
     :raises ValueError: for a bad address.
 
     The figures, for a status page: :attr:`ports_managed`,
@@ -309,6 +302,10 @@ class PortServer(Service):
         peer_uid: Callable[[ITransport], int | None] = peer_uid,
     ) -> None:
         unix_address(address)  # refuse a bad one now
+        if not request_timeout > 0:
+            raise ValueError(
+                f"request_timeout must be more than 0 seconds, not {request_timeout!r}."
+            )
         if max_connections < 1:
             raise ValueError(
                 f"max_connections must be 1 or more, not {max_connections}."
@@ -398,14 +395,15 @@ class PortServer(Service):
             allocation under way, if any, is done.
         """
         super().stopService()  # type: ignore[no-untyped-call]
-        self._queue.clear()
-        for request in list(self._open):
-            if request.transport is not None:
-                request.transport.abortConnection()  # type: ignore[attr-defined]
         waits: list[Deferred[object]] = []
         listening, self._listening = self._listening, None
         if listening is not None:
             waits.append(maybeDeferred(listening.stopListening))
+        self._queue.clear()
+        for request in list(self._open):
+            request.state = "done"  # not the client's doing: not counted
+            if request.transport is not None:
+                request.transport.abortConnection()  # type: ignore[attr-defined]
         if self._serving and self._worker is not None:
             waits.append(cast("Deferred[object]", self._worker))
         return DeferredList(waits).addCallback(lambda _: None)
@@ -453,12 +451,13 @@ class PortServer(Service):
 
     def _received(self, request: _Request, data: bytes) -> None:
         """The request, as portpicker's portserver reads it."""
+        if len(data) > _MAX_REQUEST:
+            request.refuse(f"more than {_MAX_REQUEST} bytes")
+            return
         try:
-            if len(data) > _MAX_REQUEST:
-                raise ValueError(f"more than {_MAX_REQUEST} bytes")
             pid = int(data)
-        except ValueError as e:
-            request.refuse(f"{data[:_MAX_REQUEST]!r} is not a pid ({e})")
+        except ValueError:
+            request.refuse(f"{data!r} is not a pid")
             return
         if pid <= 1:
             request.refuse(f"pid {pid} can't have a port")
