@@ -1,0 +1,337 @@
+"""
+The portserver's pool: parsing the ranges, the reservation rules (live,
+dead and reused pids faked through an injected process-info function), and
+the check that a port is free right now.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+import psutil
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txportend._portpool import (
+    PortPool,
+    parse_port_ranges,
+    port_is_free,
+    process_start_time,
+)
+
+from .fakes import has_ipv6_loopback
+
+_sync = SynchronousTestCase()
+
+
+# Parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "ports"),
+    [
+        ("15000-15002", [15000, 15001, 15002]),
+        ("7", [7]),
+        ("30000-30001,15000-15000", [15000, 30000, 30001]),
+        (" 1 - 2 , 65535 ", [1, 2, 65535]),
+    ],
+)
+def test_ranges_parse(text: str, ports: list[int]) -> None:
+    """Ranges N-P (ends included), single ports, commas, spaces around."""
+    assert parse_port_ranges(text) == ports
+
+
+def test_default_pool_is_portpickers() -> None:
+    """15000-24999, both ends included, as portpicker's portserver."""
+    ports = parse_port_ranges("15000-24999")
+    assert (ports[0], ports[-1], len(ports)) == (15000, 24999, 10000)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "Port ranges '': an item is empty."),
+        ("1-2,,5", "Port ranges '1-2,,5': an item is empty."),
+        ("a-5", "Port range 'a-5': 'a' is not a port number."),
+        ("5-", "Port range '5-': '' is not a port number."),
+        ("-5", "Port range '-5': '' is not a port number."),
+        ("1-2-3", "Port range '1-2-3': '2-3' is not a port number."),
+        ("0-10", "Port range '0-10': 0 is not a port (1-65535)."),
+        ("65000-65536", "Port range '65000-65536': 65536 is not a port (1-65535)."),
+        ("20-10", "Port range '20-10' starts above its end."),
+        ("10-20,20-30", "Port ranges '10-20' and '20-30' overlap."),
+        ("10-20,15", "Port ranges '10-20' and '15' overlap."),
+        (
+            "\u0661\u0662",
+            "Port range '\u0661\u0662': '\u0661\u0662' is not a port number.",
+        ),
+    ],
+)
+def test_ranges_refused(text: str, message: str) -> None:
+    """Every problem is one ValueError with one line naming it."""
+    with pytest.raises(ValueError) as caught:
+        parse_port_ranges(text)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("ports", "message"),
+    [
+        ([], "A port pool needs at least one port."),
+        ([1, 1], "A port pool holds each port once."),
+        ([0], "0 is not a port (1-65535)."),
+        ([70000], "70000 is not a port (1-65535)."),
+    ],
+)
+def test_pool_refuses(ports: list[int], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        PortPool(ports)
+    assert str(caught.value) == message
+
+
+# The reservation rules
+
+
+class Processes:
+    """Fake process facts: pid -> start time, for the live ones."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, float] = {100: 1.0, 200: 2.0, 300: 3.0}
+
+    def __call__(self, pid: int) -> float | None:
+        return self.live.get(pid)
+
+
+def always_free(port: int) -> Deferred[bool]:
+    return succeed(True)
+
+
+def allocate(pool: PortPool, pid: int, is_free: Any = always_free) -> int | None:
+    result: int | None = _sync.successResultOf(pool.allocate(pid, is_free))
+    return result
+
+
+@pytest.fixture
+def processes() -> Processes:
+    return Processes()
+
+
+def test_each_port_goes_to_one_live_process(processes: Processes) -> None:
+    """Ports go round the pool; a held port is not handed out again."""
+    pool = PortPool([20000, 20001, 20002], process_start=processes)
+    assert [allocate(pool, 100), allocate(pool, 200), allocate(pool, 100)] == [
+        20000,
+        20001,
+        20002,
+    ]
+    assert pool.allocated() == 3
+    assert pool.holder(20001) == (200, 2.0)
+
+
+def test_exhausted_while_holders_live(processes: Processes) -> None:
+    pool = PortPool([20000, 20001], process_start=processes)
+    allocate(pool, 100)
+    allocate(pool, 200)
+    assert allocate(pool, 300) is None
+    assert pool.allocated() == 2
+
+
+def test_dead_holder_gives_the_port_back(processes: Processes) -> None:
+    """Once its process has died, a port is handed out again."""
+    pool = PortPool([20000, 20001], process_start=processes)
+    allocate(pool, 100)
+    allocate(pool, 200)
+    del processes.live[100]
+    assert allocate(pool, 300) == 20000
+    assert pool.holder(20000) == (300, 3.0)
+
+
+def test_reused_pid_gives_the_port_back(processes: Processes) -> None:
+    """A new process with the old pid (another start time) does not hold it."""
+    pool = PortPool([20000, 20001], process_start=processes)
+    allocate(pool, 100)
+    allocate(pool, 200)
+    processes.live[100] = 99.0  # pid 100 reused
+    assert allocate(pool, 100) == 20000
+    assert pool.holder(20000) == (100, 99.0)
+
+
+def test_allocated_counts_only_live_holders(processes: Processes) -> None:
+    pool = PortPool([20000, 20001, 20002], process_start=processes)
+    allocate(pool, 100)
+    allocate(pool, 200)
+    processes.live[200] = 5.0
+    assert pool.allocated() == 1
+    assert pool.holder(20001) is None  # released on the way
+
+
+def test_a_port_in_use_is_skipped(processes: Processes) -> None:
+    """Only a port free right now is handed out; a busy one stays in the pool."""
+    pool = PortPool([20000, 20001], process_start=processes)
+    busy = {20000}
+    checked: list[int] = []
+
+    def is_free(port: int) -> Deferred[bool]:
+        checked.append(port)
+        return succeed(port not in busy)
+
+    assert allocate(pool, 100, is_free) == 20001
+    busy.clear()
+    assert allocate(pool, 200, is_free) == 20000
+    assert checked == [20000, 20001, 20000]
+
+
+def test_all_busy_means_no_port(processes: Processes) -> None:
+    pool = PortPool([20000, 20001], process_start=processes)
+    assert allocate(pool, 100, lambda port: succeed(False)) is None
+    assert pool.allocated() == 0
+
+
+def test_requester_gone_gets_nothing(processes: Processes) -> None:
+    pool = PortPool([20000], process_start=processes)
+    assert allocate(pool, 999) is None
+    assert pool.allocated() == 0
+
+
+def test_one_allocation_at_a_time(processes: Processes) -> None:
+    """A second allocation while one waits on a check is refused, not raced."""
+    pool = PortPool([20000, 20001], process_start=processes)
+    pending: Deferred[bool] = Deferred()
+    first = pool.allocate(100, lambda port: pending)
+    with pytest.raises(RuntimeError):
+        pool.allocate(200, always_free)
+    pending.callback(True)
+    assert _sync.successResultOf(first) == 20000
+    assert allocate(pool, 200) == 20001
+
+
+def test_process_facts_asked_once_per_pid_per_allocation(processes: Processes) -> None:
+    """Going round a pool held by a few processes costs a lookup per process."""
+    asked: list[int] = []
+
+    def start(pid: int) -> float | None:
+        asked.append(pid)
+        return processes(pid)
+
+    pool = PortPool(range(20000, 20100), process_start=start)
+    for _ in range(99):
+        allocate(pool, 100)
+    assert allocate(pool, 300) == 20099
+    asked.clear()
+    assert allocate(pool, 200) is None  # round the whole pool
+    assert sorted(asked) == [100, 200, 300]
+
+
+def test_process_start_time_through_psutil() -> None:
+    """The default process facts: this process lives, a dead pid does not."""
+    assert process_start_time(psutil.Process().pid) == psutil.Process().create_time()
+    assert process_start_time(2**22 + 12345) is None  # above Linux's pid_max
+
+
+# Is the port free right now?
+
+
+class ListenRecorder(MemoryReactorClock):
+    """Records listenTCP/listenUDP calls and fails them as scripted."""
+
+    def __init__(self, errors: dict[tuple[str, str], int]) -> None:
+        super().__init__()
+        self.errors = errors
+        self.listens: list[tuple[str, str]] = []
+
+    def _listen(self, kind: str, port: int, interface: str) -> Any:
+        self.listens.append((kind, interface))
+        code = self.errors.get((kind, interface))
+        if code is not None:
+            raise CannotListenError(interface, port, OSError(code, "scripted"))
+        return super().listenTCP(port, None, interface=interface)  # type: ignore[arg-type]
+
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> Any:
+        return self._listen("tcp", port, interface)
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> Any:
+        return self._listen("udp", port, interface)
+
+
+ALL = [("tcp", "::"), ("tcp", "0.0.0.0"), ("udp", "::"), ("udp", "0.0.0.0")]
+
+
+@pytest.mark.parametrize(
+    ("errors", "free", "listens"),
+    [
+        ({}, True, ALL),
+        ({("tcp", "0.0.0.0"): errno.EADDRINUSE}, False, ALL[:2]),
+        ({("udp", "::"): errno.EADDRINUSE}, False, ALL[:3]),
+        ({("tcp", "::"): errno.EACCES}, False, ALL[:1]),
+        # No IPv6 here: skipped.
+        (
+            {("tcp", "::"): errno.EAFNOSUPPORT, ("udp", "::"): errno.EAFNOSUPPORT},
+            True,
+            ALL,
+        ),
+        (
+            {("tcp", "::"): errno.EADDRNOTAVAIL, ("udp", "::"): errno.EADDRNOTAVAIL},
+            True,
+            ALL,
+        ),
+        # Neither family: nothing is free.
+        (
+            {("tcp", "::"): errno.EAFNOSUPPORT, ("tcp", "0.0.0.0"): errno.EAFNOSUPPORT},
+            False,
+            ALL[:2],
+        ),
+    ],
+)
+def test_port_is_free_checks_tcp_and_udp_on_both_families(
+    errors: dict[tuple[str, str], int], free: bool, listens: list[tuple[str, str]]
+) -> None:
+    reactor = ListenRecorder(errors)
+    assert _sync.successResultOf(port_is_free(reactor, 20000)) is free
+    assert reactor.listens == listens
+
+
+def test_port_is_free_fails_on_errors_that_say_nothing_about_the_port() -> None:
+    reactor = ListenRecorder({("tcp", "::"): errno.EMFILE})
+    failure = _sync.failureResultOf(port_is_free(reactor, 20000), CannotListenError)
+    assert failure.value.socketError.errno == errno.EMFILE
+
+
+def _bound(kind: int, family: int, address: str) -> socket.socket:
+    sock = socket.socket(family, kind)
+    sock.bind((address, 0))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(1)
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("kind", "family", "address"),
+    [
+        (socket.SOCK_STREAM, socket.AF_INET, "127.0.0.1"),
+        (socket.SOCK_DGRAM, socket.AF_INET, "127.0.0.1"),
+        (socket.SOCK_STREAM, socket.AF_INET6, "::1"),
+        (socket.SOCK_DGRAM, socket.AF_INET6, "::1"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_port_is_free_on_real_sockets(
+    reactor: Any, kind: int, family: int, address: str
+) -> None:
+    """A port held for TCP or UDP, on IPv4 or IPv6, is not free; once
+    released it is (nothing else holds it: the kernel just gave it to us)."""
+    if family == socket.AF_INET6 and not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    with _bound(kind, family, address) as held:
+        port = held.getsockname()[1]
+        assert await port_is_free(reactor, port) is False
+    assert await port_is_free(reactor, port) is True
