@@ -15,13 +15,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import HostNotFound, PortNotFree, Timeout
+from ._errors import HostNotFound, PortNotFree, PortServerError, Timeout
 from ._hostport import HostPort, client_host
 from ._version import __version__
 
 if TYPE_CHECKING:
     from ._monitor import Change, LastProbe, Monitor
     from ._pacing import Pacing
+    from ._portclient import request_port
+    from ._portpool import PortPool, parse_port_ranges
+    from ._portserver import CannotServe, PortServer
     from ._probe import (
         Outcome,
         ProbeResult,
@@ -39,6 +42,11 @@ _LAZY = {
     "LastProbe": "._monitor",
     "Monitor": "._monitor",
     "Pacing": "._pacing",
+    "request_port": "._portclient",
+    "PortPool": "._portpool",
+    "parse_port_ranges": "._portpool",
+    "CannotServe": "._portserver",
+    "PortServer": "._portserver",
     "State": "._result",
     "Outcome": "._probe",
     "ProbeResult": "._probe",
@@ -68,6 +76,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CannotServe",
     "Change",
     "Checker",
     "HostNotFound",
@@ -77,6 +86,9 @@ __all__ = [
     "Outcome",
     "Pacing",
     "PortNotFree",
+    "PortPool",
+    "PortServer",
+    "PortServerError",
     "ProbeResult",
     "State",
     "Timeout",
@@ -88,5 +100,7 @@ __all__ = [
     "find_available_local_port",
     "free",
     "occupied",
+    "parse_port_ranges",
     "probe",
+    "request_port",
 ]

@@ -34,7 +34,17 @@ class HostNotFound(socket.gaierror):
     """
 
 
-for _exception in (Timeout, PortNotFree, HostNotFound):
+class PortServerError(OSError):
+    """
+    No port came from a portserver: no address was given and
+    ``PORTSERVER_ADDRESS`` is not set, the server could not be reached, it
+    closed without giving a port (its pool is exhausted, or it refused the
+    request), or it did not answer within the timeout. The message says
+    which, in one line.
+    """
+
+
+for _exception in (Timeout, PortNotFree, HostNotFound, PortServerError):
     # Tracebacks and doctests name them as users import them.
     _exception.__module__ = "txportend"
 del _exception

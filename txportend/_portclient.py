@@ -24,6 +24,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from ._errors import PortServerError
 from ._hostport import TimeoutType, timeout_seconds
 
 #: The environment variable naming the portserver, as in portpicker.
@@ -35,19 +36,6 @@ DEFAULT_TIMEOUT = 10.0
 
 # More than any answer: b"65535\n" is 6 bytes.
 _MAX_ANSWER = 100
-
-
-class PortServerError(OSError):
-    """
-    No port came from a portserver: no address was given and
-    ``PORTSERVER_ADDRESS`` is not set, the server could not be reached, it
-    closed without giving a port (its pool is exhausted, or it refused the
-    request), or it did not answer within the timeout. The message says
-    which, in one line.
-    """
-
-
-PortServerError.__module__ = "txportend"
 
 
 class IPortClientReactor(IReactorUNIX, IReactorTime, Interface):

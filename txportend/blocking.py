@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from . import _probe, _resolver, _wait
+from . import _portclient, _probe, _resolver, _wait
 from ._errors import PortNotFree, Timeout
 from ._hostport import HostPort, TimeoutType, client_host
 from ._reactor import IPortendReactor
@@ -109,6 +109,7 @@ __all__ = [
     "find_available_local_port",
     "free",
     "occupied",
+    "request_port",
 ]
 
 _T = TypeVar("_T")
@@ -418,3 +419,27 @@ def find_available_local_port() -> int:
     True
     """
     return _call(_probe.find_available_local_port)
+
+
+def request_port(
+    address: str | None = None,
+    *,
+    pid: int | None = None,
+    timeout: TimeoutType = _portclient.DEFAULT_TIMEOUT,
+) -> int:
+    """
+    Ask a portserver for a port reserved for process ``pid`` (this one by
+    default), as portpicker's ``get_port_from_port_server`` does; see
+    :func:`txportend.request_port`.
+
+    :param address: ``"@name"`` (Linux's abstract namespace) or a socket
+        path; ``PORTSERVER_ADDRESS`` by default.
+    :param timeout: seconds the whole request may take; ``None`` waits for
+        ever.
+    :return: the port.
+    :raises txportend.PortServerError: no address, the server unreachable,
+        no port given, or no answer in time.
+    :raises ValueError: for a bad address or timeout.
+    """
+    port: int = _call(_portclient.request_port, address, pid=pid, timeout=timeout)
+    return port
