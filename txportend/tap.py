@@ -167,10 +167,10 @@ def _site(watchlist: Any, reactor: IPortendReactor) -> Any:
     except ModuleNotFoundError as error:
         if error.name != f"{__package__}._web":
             raise
-        from twisted.web.resource import NoResource
+        from twisted.web.pages import notFound
         from twisted.web.server import Site
 
-        return Site(NoResource())  # type: ignore[no-untyped-call]
+        return Site(notFound())  # type: ignore[no-untyped-call]
     return make_site(watchlist, reactor=reactor)
 
 
