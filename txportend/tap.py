@@ -11,10 +11,13 @@ endpoint.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
 from ._config import (
@@ -29,6 +32,8 @@ from ._config import (
 )
 from ._hostport import parse_duration, parse_target
 from ._reactor import IPortendReactor, get_reactor
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -153,10 +158,35 @@ def makeService(
     watchlist.setServiceParent(daemon)  # type: ignore[no-untyped-call]
     reactor = get_reactor(reactor)
     site = _site(watchlist, reactor)
-    for endpoint in start.listen:
-        listening = strports.service(endpoint, site, reactor=cast(Any, reactor))
+    for description in start.listen:
+        endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+        listening = _Listening(endpoint, site)  # type: ignore[no-untyped-call]
+        listening.description = description
         listening.setServiceParent(daemon)  # type: ignore[no-untyped-call]
     return daemon
+
+
+class _Listening(StreamServerEndpointService):
+    """
+    The web site on one endpoint, as :func:`twisted.application.strports.service`
+    makes it (listening fails at start-up, not later), but an endpoint it
+    cannot listen on ends twistd with one logged line and exit code 1, not a
+    traceback.
+    """
+
+    _raiseSynchronously = True
+    description = ""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()  # type: ignore[no-untyped-call]
+        except CannotListenError as error:
+            log.error(
+                "portend: error: cannot listen on {endpoint}: {reason}",
+                endpoint=self.description,
+                reason=error.socketError,
+            )
+            raise SystemExit(1) from None
 
 
 def _site(watchlist: Any, reactor: IPortendReactor) -> Any:
