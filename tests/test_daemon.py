@@ -59,12 +59,6 @@ def bound() -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def unused_port() -> int:
-    sock, port = bound()
-    sock.close()
-    return port
-
-
 class Daemon:
     """``twistd -n portend ARGS``, its log read line by line."""
 
@@ -100,7 +94,7 @@ class Daemon:
             except queue.Empty:
                 raise AssertionError(f"no {pattern!r} in {self.lines}") from None
             if line is None:
-                raise AssertionError(f"the daemon ended without {pattern!r}")
+                raise AssertionError(f"it ended without {pattern!r}: {self.lines}")
             self.lines.append(line)
             if re.search(pattern, line):
                 return line
@@ -219,17 +213,17 @@ def test_the_daemon_logs_changes_reloads_on_sighup_and_stops_on_sigterm(
 ) -> None:
     server, port = bound()
     other, other_port = bound()
-    http = unused_port()
     config = tmp_path / "portend.toml"
     config.write_text(f'interval = 0.1\n[[target]]\naddress = "127.0.0.1:{port}"\n')
     daemon = Daemon(
         "--config",
         str(config),
         "--listen",
-        f"tcp:{http}:interface=127.0.0.1",
+        "tcp:0:interface=127.0.0.1",
         cwd=tmp_path,
     )
     daemons.append(daemon)
+    http = int(daemon.wait_for(r"Site starting on \d+$").rsplit(" ", 1)[1])
     with server, other:
         daemon.wait_for(rf"127\.0\.0\.1:{port} is now free \(was unknown\)$")
         server.listen()
@@ -292,7 +286,7 @@ def test_sigint_stops_it_cleanly(tmp_path: Path, daemons: list[Daemon]) -> None:
             "--interval",
             "0.1",
             "--listen",
-            f"tcp:{unused_port()}:interface=127.0.0.1",
+            "tcp:0:interface=127.0.0.1",
             cwd=tmp_path,
         )
         daemons.append(daemon)

@@ -204,4 +204,4 @@ def _site(watchlist: Any, reactor: IPortendReactor) -> Any:
     return make_site(watchlist, reactor=reactor)
 
 
-__all__ = ["DEFAULT_LISTEN", "Options", "makeService"]
+__all__ = ["Options", "makeService"]
