@@ -1,0 +1,300 @@
+"""
+The twistd plugin: its discovery, txportend.tap's Options and makeService on
+a memory reactor, and the Watchlist's logging and SIGHUP handler.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import IServiceMaker
+from twisted.application.twist._options import TwistOptions
+from twisted.logger import capturedLogs, formatEvent
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.scripts.twistd import ServerOptions
+from zope.interface.verify import verifyObject
+
+from txportend import State
+from txportend._config import CommandLine, Plan, TargetSpec, plan
+from txportend._daemon import Target, Watchlist
+from txportend.tap import Options, makeService
+
+from .fakes import accept, attempts, memory_reactor, refuse
+
+
+def parsed(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+# The plugin.
+
+
+def test_the_plugin_is_found_and_provides_IServiceMaker() -> None:
+    makers = [m for m in getPlugins(IServiceMaker) if m.tapname == "portend"]
+    assert len(makers) == 1
+    (maker,) = makers
+    assert verifyObject(IServiceMaker, maker)
+    assert maker.name == "portend"
+    assert maker.options is Options
+    assert maker.makeService is makeService
+
+
+def test_importing_the_dropin_imports_no_txportend_module() -> None:
+    """twistd --help imports every dropin: this one stays cheap."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib.util, pathlib\n"
+        "spec = importlib.util.spec_from_file_location('d', sys.argv[1])\n"
+        "importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('txportend')))\n"
+    )
+    dropin = Path(__file__).parent.parent / "twisted/plugins/txportend_dropin.py"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(dropin)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "[]"
+
+
+# Options.
+
+
+def test_options_watch_listen_interval_timeout() -> None:
+    options = parsed(
+        "--watch",
+        "127.0.0.1:8080",
+        "--watch",
+        "[::1]:5432",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--listen",
+        "unix:/tmp/portend.sock",
+        "--interval",
+        "1m30s",
+        "--timeout",
+        "250ms",
+    )
+    assert options["plan"] == Plan(
+        listen=("tcp:0:interface=127.0.0.1", "unix:/tmp/portend.sock"),
+        targets=(
+            TargetSpec("127.0.0.1:8080", 90.0, 0.25, State.OCCUPIED),
+            TargetSpec("[::1]:5432", 90.0, 0.25, State.OCCUPIED),
+        ),
+    )
+    assert options["command_line"] == CommandLine(
+        watch=("127.0.0.1:8080", "[::1]:5432"),
+        interval=90.0,
+        timeout=0.25,
+        listen=("tcp:0:interface=127.0.0.1", "unix:/tmp/portend.sock"),
+    )
+
+
+def test_options_default_listen_is_loopback_only() -> None:
+    assert parsed("--watch", "a:1")["plan"].listen == ("tcp:9180:interface=127.0.0.1",)
+
+
+def test_options_read_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "portend.toml"
+    path.write_text('interval = 3\n[[target]]\naddress = "a:1"\nexpect = "free"\n')
+    options = parsed("--config", str(path), "--watch", "b:2")
+    assert options["plan"].targets == (
+        TargetSpec("a:1", 3.0, 1.0, State.FREE),
+        TargetSpec("b:2", 3.0, 1.0, State.OCCUPIED),
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "nothing to watch: give --watch HOST:PORT or --config FILE"),
+        (
+            ["--watch", "db"],
+            "--watch: 'db': missing port (expected HOST:PORT or [IPv6]:PORT)",
+        ),
+        (["--watch", "a:1", "--watch", "a:1"], "--watch: 'a:1': this target is given"),
+        (["--watch", "a:1", "--listen", "tcp:x"], "--listen: 'tcp:x' is not a server"),
+        (["--watch", "a:1", "--listen", "bogus:1"], "--listen: 'bogus:1' is not a"),
+        (["--watch", "a:1", "--interval", "soon"], "--interval: 'soon' is not a"),
+        (["--watch", "a:1", "--interval", "-1"], "--interval: '-1' is not a duration"),
+        (["--watch", "a:1", "--interval", "inf"], "--interval: the interval must be"),
+        (["--watch", "a:1", "--timeout", "0"], "--timeout: the timeout must be a"),
+        (["--config", "/nonexistent/portend.toml"], "/nonexistent/portend.toml: "),
+        (["--watch", "a:1", "extra"], "Wrong number of arguments."),
+    ],
+)
+def test_options_refuse_bad_input_with_one_line(argv: list[str], message: str) -> None:
+    with pytest.raises(usage.UsageError) as raised:
+        parsed(*argv)
+    assert str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("runner", [ServerOptions, TwistOptions])
+def test_under_twistd_or_twist_a_bad_option_is_one_line_and_exit_1(
+    runner: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """twistd and twist print their whole usage before a UsageError's
+    message: the plugin ends the program with the one line instead."""
+    with pytest.raises(SystemExit) as raised:
+        runner().parseOptions(["portend", "--watch", "db"])
+    assert raised.value.code == (
+        "portend: error: --watch: 'db': missing port "
+        "(expected HOST:PORT or [IPv6]:PORT)"
+    )
+    assert capsys.readouterr() == ("", "")
+
+
+# makeService, on a memory reactor.
+
+
+def test_make_service_listens_on_each_endpoint_and_watches_each_target() -> None:
+    reactor = memory_reactor()
+    options = parsed(
+        "--watch",
+        "127.0.0.1:8080",
+        "--watch",
+        "127.0.0.1:8081",
+        "--listen",
+        "tcp:9999:interface=127.0.0.1",
+        "--listen",
+        "tcp6:9998:interface=\\:\\:1",
+    )
+    service = makeService(options, reactor=reactor)
+    (watchlist,) = (s for s in service if isinstance(s, Watchlist))
+    assert [t.monitor.target for t in watchlist.targets()] == [
+        "127.0.0.1:8080",
+        "127.0.0.1:8081",
+    ]
+    assert (reactor.tcpServers, attempts(reactor)) == ([], [])
+    service.startService()
+    try:
+        listening = [(port, interface) for port, _, _, interface in reactor.tcpServers]
+        assert listening == [(9999, "127.0.0.1"), (9998, "::1")]
+        assert sorted(attempts(reactor)) == [("127.0.0.1", 8080), ("127.0.0.1", 8081)]
+        assert watchlist.reload_successful
+    finally:
+        service.stopService()
+    assert not any(t.monitor.running for t in watchlist.targets())
+    assert reactor.getDelayedCalls() == []
+
+
+def test_make_service_default_endpoint_is_loopback_9180() -> None:
+    reactor = memory_reactor()
+    service = makeService(parsed("--watch", "127.0.0.1:8080"), reactor=reactor)
+    service.startService()
+    service.stopService()
+    assert [(p, i) for p, _, _, i in reactor.tcpServers] == [(9180, "127.0.0.1")]
+
+
+def test_no_sighup_handler_without_a_config_file() -> None:
+    before = signal.getsignal(signal.SIGHUP)
+    service = makeService(parsed("--watch", "127.0.0.1:8080"), reactor=memory_reactor())
+    service.startService()
+    try:
+        assert signal.getsignal(signal.SIGHUP) == before
+    finally:
+        service.stopService()
+
+
+# The watch list: changes, logging, the SIGHUP handler.
+
+
+def test_every_change_is_one_event_that_reads_as_the_issue_says() -> None:
+    reactor = memory_reactor()
+    watchlist = Watchlist(
+        Plan((), (TargetSpec("127.0.0.1:8080", interval=5.0),)), reactor=reactor
+    )
+    with capturedLogs() as events:
+        watchlist.startService()
+        reactor.advance(0.25)
+        refuse(reactor)
+        reactor.advance(5)
+        accept(reactor)
+        reactor.advance(5)
+        accept(reactor)  # no change
+        watchlist.stopService()
+    changes = [e for e in events if "when" in e]
+    assert [formatEvent(e) for e in changes] == [
+        "127.0.0.1:8080 is now free (was unknown)",
+        "127.0.0.1:8080 is now occupied (was free)",
+    ]
+    assert [
+        (e["target"], e["old"], e["new"], e["when"], e["log_level"].name)
+        for e in changes
+    ] == [
+        ("127.0.0.1:8080", "unknown", "free", 0.25, "info"),
+        ("127.0.0.1:8080", "free", "occupied", 5.25, "info"),
+    ]
+
+
+def test_a_target_is_as_expected_only_in_its_expected_state() -> None:
+    reactor = memory_reactor()
+    watchlist = Watchlist(
+        Plan(
+            (),
+            (
+                TargetSpec("127.0.0.1:1"),
+                TargetSpec("127.0.0.1:2", expect=State.FREE),
+            ),
+        ),
+        reactor=reactor,
+    )
+    occupied, free = watchlist.targets()
+    assert isinstance(occupied, Target)
+    assert (occupied.expect, free.expect) == (State.OCCUPIED, State.FREE)
+    assert not occupied.as_expected and not free.as_expected  # unknown
+    watchlist.startService()
+    refuse(reactor, 0)
+    refuse(reactor, 1)
+    assert (occupied.as_expected, free.as_expected) == (False, True)
+    watchlist.stopService()
+
+
+class _ThreadsReactor:
+    """Records callFromThread calls: what the SIGHUP handler may do."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.from_threads: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.from_threads.append((f, args))
+
+
+def test_sighup_handler_hands_the_reload_to_the_reactor(tmp_path: Path) -> None:
+    path = tmp_path / "portend.toml"
+    path.write_text('[[target]]\naddress = "127.0.0.1:1"\n')
+    command_line = CommandLine(config=str(path))
+    reactor = _ThreadsReactor(memory_reactor())
+    watchlist = Watchlist(
+        plan(command_line), load=lambda: plan(command_line), reactor=reactor
+    )
+    before = signal.getsignal(signal.SIGHUP)
+    watchlist.startService()
+    try:
+        handler = signal.getsignal(signal.SIGHUP)
+        assert handler != before and callable(handler)
+        path.write_text('[[target]]\naddress = "127.0.0.1:2"\n')
+        handler(signal.SIGHUP, None)
+        assert [t.monitor.target for t in watchlist.targets()] == ["127.0.0.1:1"]
+        ((f, args),) = reactor.from_threads
+        f(*args)  # the reactor's turn
+        assert [t.monitor.target for t in watchlist.targets()] == ["127.0.0.1:2"]
+    finally:
+        watchlist.stopService()
+    assert signal.getsignal(signal.SIGHUP) == before

@@ -1,0 +1,294 @@
+"""
+What the ``twistd portend`` daemon watches and where it listens: its command
+line and its TOML configuration file, merged into one :class:`Plan`.
+
+The daemon reads the file at start-up and again on every ``SIGHUP``, through
+the same :func:`plan`, so both give the same messages. Targets and durations
+are parsed by the command line's own functions
+(:func:`~txportend._hostport.parse_target`,
+:func:`~txportend._hostport.parse_duration`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._hostport import HostPort, parse_duration, parse_target
+from ._result import State
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: Where the daemon's web site listens when neither ``--listen`` nor the
+#: file's ``listen`` says: loopback only.
+DEFAULT_LISTEN = ("tcp:9180:interface=127.0.0.1",)
+#: The pause after each probe, in seconds, when nothing else says.
+DEFAULT_INTERVAL = 10.0
+#: How long each probe may take, in seconds, when nothing else says.
+DEFAULT_TIMEOUT = 1.0
+#: The states a target may be expected in, by their names in the file.
+EXPECTS = {"occupied": State.OCCUPIED, "free": State.FREE}
+
+_TOP_KEYS = ("listen", "interval", "timeout", "target")
+_TARGET_KEYS = ("address", "interval", "timeout", "expect")
+
+
+class ConfigError(ValueError):
+    """
+    The command line or the configuration file is wrong: the message is one
+    line naming the file (if any), the key and the problem.
+    """
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """
+    One target as configured.
+
+    :ivar address: ``"host:port"`` as :func:`parse_target` accepts it.
+    :ivar interval: the pause after each probe, in seconds.
+    :ivar timeout: how long each probe may take, in seconds.
+    :ivar expect: :attr:`State.OCCUPIED` or :attr:`State.FREE`.
+    """
+
+    address: str
+    interval: float = DEFAULT_INTERVAL
+    timeout: float = DEFAULT_TIMEOUT
+    expect: State = State.OCCUPIED
+
+    @property
+    def key(self) -> str:
+        """The target as its :class:`~txportend.Monitor` names it
+        (``monitor.target``): two specs with one key are one target."""
+        hostport = HostPort(self.address)
+        return str(HostPort.from_addr((hostport.host, hostport.port)))
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """
+    What the daemon's command line says (the file is read by :func:`plan`).
+
+    :ivar watch: targets given with ``--watch``.
+    :ivar interval: ``--interval`` in seconds, or ``None``.
+    :ivar timeout: ``--timeout`` in seconds, or ``None``.
+    :ivar listen: endpoints given with ``--listen``.
+    :ivar config: the ``--config`` file's path, or ``None``.
+    """
+
+    watch: tuple[str, ...] = ()
+    interval: float | None = None
+    timeout: float | None = None
+    listen: tuple[str, ...] = ()
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """
+    What the daemon does: where it listens, what it watches (in
+    configuration order: the file's targets, then ``--watch``'s).
+    """
+
+    listen: tuple[str, ...]
+    targets: tuple[TargetSpec, ...]
+
+
+def plan(command_line: CommandLine) -> Plan:
+    """
+    Read the configuration file (if any) and merge it with the command line.
+
+    Each target's interval is its own (in the file), else ``--interval``,
+    else the file's top-level ``interval``, else :data:`DEFAULT_INTERVAL`;
+    the same for timeouts. ``--listen`` replaces the file's ``listen``;
+    without either the site listens on :data:`DEFAULT_LISTEN`.
+
+    :raises ConfigError: the file cannot be read or is not valid, or a
+        target is given twice.
+    """
+    top: Mapping[str, Any] = {}
+    entries: list[tuple[str, Mapping[str, Any]]] = []
+    where = ""
+    if command_line.config is not None:
+        where = f"{command_line.config}: "
+        top = _read(command_line.config)
+        entries = [
+            (f"{where}[[target]] {n}: ", entry)
+            for n, entry in enumerate(top.get("target", []), 1)
+        ]
+    entries += [("--watch: ", {"address": address}) for address in command_line.watch]
+
+    default_interval = _pick(
+        command_line.interval,
+        _duration(top, "interval", where, interval=True),
+        DEFAULT_INTERVAL,
+    )
+    default_timeout = _pick(
+        command_line.timeout,
+        _duration(top, "timeout", where, interval=False),
+        DEFAULT_TIMEOUT,
+    )
+    targets: dict[str, TargetSpec] = {}
+    for place, entry in entries:
+        spec = _target(place, entry, default_interval, default_timeout)
+        if spec.key in targets:
+            raise ConfigError(f"{place}{spec.address!r}: this target is given twice")
+        targets[spec.key] = spec
+
+    listen = command_line.listen
+    if not listen:
+        listen = DEFAULT_LISTEN if "listen" not in top else _listen(top, where)
+    return Plan(listen, tuple(targets.values()))
+
+
+def check_endpoint(description: str) -> str:
+    """
+    Check a server endpoint string (``tcp:9180:interface=127.0.0.1``) as
+    :func:`twisted.internet.endpoints.serverFromString` reads it, without
+    listening.
+
+    :return: ``description``.
+    :raises ValueError: one line saying what is wrong.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)  # type: ignore[no-untyped-call]
+    except Exception as error:
+        raise ValueError(f"{description!r} is not a server endpoint: {error}") from None
+    return description
+
+
+def check_interval(seconds: float) -> float:
+    """An interval is finite (``0`` and up): return it, or raise ValueError."""
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"the interval must be a finite duration, not {seconds}")
+    return seconds
+
+
+def check_timeout(seconds: float) -> float:
+    """A probe timeout is positive and finite: return it, or raise
+    ValueError."""
+    if not 0 < seconds < math.inf:
+        raise ValueError(
+            f"the timeout must be a positive, finite duration, not {seconds}"
+        )
+    return seconds
+
+
+def _read(path: str) -> Mapping[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            top = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    _known_keys(top, _TOP_KEYS, f"{path}: ")
+    targets = top.get("target", [])
+    if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
+        raise ConfigError(
+            f"{path}: target: must be [[target]] tables, not {_shown(targets)}"
+        )
+    return top
+
+
+def _target(
+    place: str, entry: Mapping[str, Any], interval: float, timeout: float
+) -> TargetSpec:
+    _known_keys(entry, _TARGET_KEYS, place)
+    if "address" not in entry:
+        raise ConfigError(f"{place}address: missing (the HOST:PORT to watch)")
+    address = entry["address"]
+    if not isinstance(address, str):
+        raise ConfigError(
+            f"{place}address: must be a string (HOST:PORT), not {_shown(address)}"
+        )
+    try:
+        address = str(parse_target(address))
+    except ValueError as error:
+        raise ConfigError(f"{place}address: {error}") from None
+    expect = entry.get("expect", "occupied")
+    if not isinstance(expect, str) or expect not in EXPECTS:
+        raise ConfigError(
+            f'{place}expect: must be "occupied" or "free", not {_shown(expect)}'
+        )
+    return TargetSpec(
+        address=address,
+        interval=_pick(_duration(entry, "interval", place, interval=True), interval),
+        timeout=_pick(_duration(entry, "timeout", place, interval=False), timeout),
+        expect=EXPECTS[expect],
+    )
+
+
+def _duration(
+    table: Mapping[str, Any], key: str, place: str, *, interval: bool
+) -> float | None:
+    """A duration in the file: seconds (int or float) or a string as the
+    command line takes it; ``None`` when absent."""
+    if key not in table:
+        return None
+    value = table[key]
+    try:
+        if isinstance(value, str):
+            seconds = parse_duration(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < 0:
+                raise ValueError(
+                    f"{value!r} is not a duration (it must not be negative)"
+                )
+            seconds = float(value)
+            if math.isnan(seconds):
+                raise ValueError(f"{value!r} is not a duration")
+        else:
+            raise ValueError(
+                "must be seconds (a number) or a duration string ('1m30s'), "
+                f"not {_shown(value)}"
+            )
+        return check_interval(seconds) if interval else check_timeout(seconds)
+    except ValueError as error:
+        raise ConfigError(f"{place}{key}: {error}") from None
+
+
+def _listen(top: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    listen = top["listen"]
+    if not isinstance(listen, list) or not all(isinstance(e, str) for e in listen):
+        raise ConfigError(
+            f"{where}listen: must be a list of endpoint strings, not {_shown(listen)}"
+        )
+    try:
+        return tuple(check_endpoint(description) for description in listen)
+    except ValueError as error:
+        raise ConfigError(f"{where}listen: {error}") from None
+
+
+def _known_keys(table: Mapping[str, Any], known: Sequence[str], place: str) -> None:
+    for key in table:
+        if key not in known:
+            expected = ", ".join(known)
+            raise ConfigError(f"{place}{key}: unknown key (expected one of {expected})")
+
+
+def _pick(*values: float | None) -> float:
+    return next(value for value in values if value is not None)
+
+
+def _shown(value: object) -> str:
+    """A value from the file as the message shows it: its TOML type, and the
+    value itself when short."""
+    kinds = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    kind = kinds.get(type(value))
+    if kind is None:
+        kind = "a table" if isinstance(value, dict) else type(value).__name__
+        return kind if kind != "list" else "an array"
+    text = repr(value)
+    return f"{kind} {text}" if len(text) <= 40 else kind
