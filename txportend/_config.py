@@ -11,13 +11,12 @@ are parsed by the command line's own functions
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._hostport import HostPort, parse_duration, parse_target
+from ._hostport import HostPort, parse_duration, parse_target, seconds
 from ._result import State
 
 if sys.version_info >= (3, 11):
@@ -166,21 +165,20 @@ def check_endpoint(description: str) -> str:
     return description
 
 
-def check_interval(seconds: float) -> float:
-    """An interval is finite (``0`` and up): return it, or raise ValueError."""
-    if not 0 <= seconds < math.inf:
-        raise ValueError(f"the interval must be a finite duration, not {seconds}")
-    return seconds
+def check_interval(value: object) -> float:
+    """An interval: seconds, finite and not negative (the one duration rule,
+    :func:`~txportend._hostport.seconds`); return it, or raise ValueError
+    (TypeError for a value that is not seconds)."""
+    return seconds(value, name="the interval", unlimited=False, negative="refuse")
 
 
-def check_timeout(seconds: float) -> float:
-    """A probe timeout is positive and finite: return it, or raise
-    ValueError."""
-    if not 0 < seconds < math.inf:
-        raise ValueError(
-            f"the timeout must be a positive, finite duration, not {seconds}"
-        )
-    return seconds
+def check_timeout(value: object) -> float:
+    """A probe's timeout: seconds, finite and more than 0; return it, or
+    raise ValueError (TypeError for a value that is not seconds)."""
+    limit = seconds(value, name="the timeout", unlimited=False, negative="refuse")
+    if limit == 0:
+        raise ValueError("the timeout must be more than 0 seconds")
+    return limit
 
 
 def _read(path: str) -> Mapping[str, Any]:
@@ -240,22 +238,9 @@ def _duration(
     value = table[key]
     try:
         if isinstance(value, str):
-            seconds = parse_duration(value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            if value < 0:
-                raise ValueError(
-                    f"{value!r} is not a duration (it must not be negative)"
-                )
-            seconds = float(value)
-            if math.isnan(seconds):
-                raise ValueError(f"{value!r} is not a duration")
-        else:
-            raise ValueError(
-                "must be seconds (a number) or a duration string ('1m30s'), "
-                f"not {_shown(value)}"
-            )
-        return check_interval(seconds) if interval else check_timeout(seconds)
-    except ValueError as error:
+            value = parse_duration(value)
+        return check_interval(value) if interval else check_timeout(value)
+    except (TypeError, ValueError) as error:
         raise ConfigError(f"{place}{key}: {error}") from None
 
 

@@ -40,7 +40,7 @@ _MAX_ANSWER = 100
 
 class IPortClientReactor(IReactorUNIX, IReactorTime, Interface):
     """
-    What :func:`request_port` needs from a reactor:
+    What :func:`txportend.request_port` needs from a reactor:
     :class:`~twisted.internet.interfaces.IReactorUNIX` and
     :class:`~twisted.internet.interfaces.IReactorTime`.
     """

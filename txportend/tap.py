@@ -11,7 +11,7 @@ endpoint.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -32,6 +32,11 @@ from ._config import (
 )
 from ._hostport import parse_duration, parse_target
 from ._reactor import IPortendReactor, get_reactor
+
+if TYPE_CHECKING:
+    from twisted.web.server import Site
+
+    from ._daemon import Watchlist
 
 log = Logger()
 
@@ -189,18 +194,10 @@ class _Listening(StreamServerEndpointService):
             raise SystemExit(1) from None
 
 
-def _site(watchlist: Any, reactor: IPortendReactor) -> Any:
-    """The web site (txportend._web); until it exists, a placeholder that
-    answers 404 everywhere."""
-    try:
-        from ._web import make_site  # type: ignore[import-not-found]
-    except ModuleNotFoundError as error:
-        if error.name != f"{__package__}._web":
-            raise
-        from twisted.web.pages import notFound
-        from twisted.web.server import Site
+def _site(watchlist: Watchlist, reactor: IPortendReactor) -> Site:
+    """The web site: the status page, ``/status`` and ``/metrics``."""
+    from ._web import make_site
 
-        return Site(notFound())  # type: ignore[no-untyped-call]
     return make_site(watchlist, reactor=reactor)
 
 
