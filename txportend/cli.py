@@ -129,12 +129,12 @@ class _UsageError(Exception):
     """Bad usage or input: one line on stderr, exit 2."""
 
 
-class _Exit(Exception):
-    """argparse is done (``--help``, ``--version``): exit with ``code``."""
+class _Print(Exception):
+    """``--help`` or ``--version``: print ``text`` on stdout, and that is all."""
 
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,11 +142,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise _UsageError(message)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        raise _Exit(status)
 
 
 def _seconds(text: str) -> float:
@@ -193,14 +188,13 @@ class _Options:
 
 
 def _parser() -> _Parser:
-    from ._version import __version__
-
     parser = _Parser(
         prog=PROG,
         usage=_USAGE,
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,  # printed by _main, which knows when stdout fails
     )
     parser.add_argument(
         "words",
@@ -239,7 +233,12 @@ def _parser() -> _Parser:
         action="store_true",
         help="print a free TCP port on 127.0.0.1 and exit",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "-h", "--help", action="store_true", help="show this help and exit"
+    )
+    parser.add_argument(
+        "--version", action="store_true", help="show the version and exit"
+    )
     return parser
 
 
@@ -248,7 +247,7 @@ def _parse(argv: Sequence[str]) -> _Options:
     Parse a command line (without the program name).
 
     :raises _UsageError: with a one-line message for bad usage or input.
-    :raises _Exit: after ``--help`` or ``--version`` printed their output.
+    :raises _Print: for ``--help`` and ``--version``, with their output.
     """
     argv = list(argv)
     command: list[str] | None = None
@@ -257,7 +256,14 @@ def _parse(argv: Sequence[str]) -> _Options:
         argv, command = argv[:split], argv[split + 1 :]
         if not command:
             raise _UsageError("missing COMMAND after '--'")
-    args = _parser().parse_intermixed_args(argv)
+    parser = _parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.help:
+        raise _Print(parser.format_help())
+    if args.version:
+        from ._version import __version__
+
+        raise _Print(f"{PROG} {__version__}\n")
     words: list[str] = args.words
     if args.find:
         if words or command is not None:
@@ -349,8 +355,9 @@ class _Progress:
     def line(self, width: int) -> str:
         """The progress line, cut to fit in ``width`` columns."""
         elapsed = self._waits.elapsed()
-        limit = self._waits.timeout
-        total = "" if limit is None or math.isinf(limit) else f"/{limit:g}s"
+        limit = self._waits.timeout  # as the user gave it
+        shown = limit is not None and 0 <= limit < math.inf
+        total = f"/{limit:.15g}s" if shown else ""
         text = (
             f"{PROG}: {elapsed:.1f}s{total}, waiting until {self._waits.want}: "
             + ", ".join(self._waits.waiting())
@@ -366,16 +373,16 @@ class _Progress:
             width = 0
         if width <= 0:  # unknown (a new pty says 0)
             width = 80
-        self._stream.write(_ERASE_LINE + self.line(width))
-        self._stream.flush()
-        self._drawn = True
+        if _write("stderr", _ERASE_LINE + self.line(width), self._stream):
+            self._drawn = True
+        else:  # the terminal is gone: the wait goes on without the line
+            self.stop()
 
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
         if self._drawn:
-            self._stream.write(_ERASE_LINE)
-            self._stream.flush()
+            _write("stderr", _ERASE_LINE, self._stream)
             self._drawn = False
 
 
@@ -384,7 +391,9 @@ class _Waits:
     Waits for every target in parallel on one reactor.
 
     :attr:`result` fires with ``None`` (it never fails) once every wait has
-    settled; :meth:`exit_code` and :attr:`outcomes` say how.
+    settled; :meth:`exit_code` and :attr:`outcomes` say how. ``spent`` is
+    the seconds already spent (on the quick look): they count in the
+    timeout and in the seconds reported.
     """
 
     def __init__(
@@ -392,13 +401,19 @@ class _Waits:
         reactor: IPortendReactor,
         options: _Options,
         progress: TextIO | None = None,
+        spent: float = 0.0,
     ) -> None:
         from twisted.internet.defer import Deferred
 
         self._reactor = reactor
         self._targets = options.targets
         self.want = options.want
+        #: The timeout as the user gave it, in seconds (None: for ever).
         self.timeout = options.timeout
+        self._spent = spent
+        # What is left of it for the core; at least one probe (as any
+        # timeout of 0 or less, as in portend).
+        self._left = None if self.timeout is None else max(self.timeout - spent, 0.0)
         self._interval = options.interval
         self.outcomes = [_Outcome(text) for text, _, _ in options.targets]
         self.signal: int | None = None
@@ -412,10 +427,10 @@ class _Waits:
         )
 
     def elapsed(self) -> float:
-        """Seconds since the waits started."""
+        """Seconds since the command line started looking."""
         if self._started is None:
-            return 0.0
-        return max(self._reactor.seconds() - self._started, 0.0)
+            return self._spent
+        return self._spent + max(self._reactor.seconds() - self._started, 0.0)
 
     def waiting(self) -> list[str]:
         """The targets still waited on, in command-line order."""
@@ -435,12 +450,12 @@ class _Waits:
                     continue
                 try:
                     if self._interval is None:
-                        waited = wait(host, port, self.timeout, reactor=self._reactor)
+                        waited = wait(host, port, self._left, reactor=self._reactor)
                     else:
                         waited = wait(
                             host,
                             port,
-                            self.timeout,
+                            self._left,
                             interval=self._interval,
                             reactor=self._reactor,
                         )
@@ -547,7 +562,9 @@ def _exit_code(outcomes: Sequence[_Outcome], signum: int | None) -> int:
 def _report(outcomes: Sequence[_Outcome], signum: int | None, options: _Options) -> int:
     """
     Say how the waits ended: timeouts, errors and an interruption on stderr,
-    ``--json`` records on stdout. Return the exit code.
+    ``--json`` records on stdout. Return the exit code, which says how the
+    waits ended whether or not this could be written (a warning on stderr
+    when the records could not).
     """
     lines = []
     for outcome in outcomes:
@@ -562,14 +579,14 @@ def _report(outcomes: Sequence[_Outcome], signum: int | None, options: _Options)
             f"{PROG}: interrupted by {_signal_name(signum)}"
             + (f" while waiting for {', '.join(waiting)}" if waiting else "")
         )
-    for line in lines:
-        print(line, file=sys.stderr)
+    if lines:
+        _write("stderr", "".join(line + "\n" for line in lines))
     if options.json:
         import json
 
-        for outcome in outcomes:
-            print(json.dumps(outcome.as_json()))
-    sys.stdout.flush()
+        records = "".join(json.dumps(o.as_json()) + "\n" for o in outcomes)
+        if not _write("stdout", records):
+            _warn(f"the --json records were not written: {_lost['stdout']}")
     return _exit_code(outcomes, signum)
 
 
@@ -715,8 +732,11 @@ def _react(start: Callable[[IReactorCore], Deferred[None]]) -> None:
         failures[0].raiseException()
 
 
-def _wait(options: _Options) -> _Waits:
-    """Run the waits on the global reactor until they have all settled."""
+def _wait(options: _Options, spent: float) -> _Waits:
+    """
+    Run the waits on the global reactor until they have all settled;
+    ``spent``: the seconds already spent on the quick look.
+    """
     import signal
 
     signals = [signal.SIGINT, signal.SIGTERM]
@@ -725,7 +745,7 @@ def _wait(options: _Options) -> _Waits:
     made: list[_Waits] = []
 
     def start(reactor: IReactorCore) -> Deferred[None]:
-        waits = _Waits(reactor, options, progress)  # type: ignore[arg-type]
+        waits = _Waits(reactor, options, progress, spent)  # type: ignore[arg-type]
         made.append(waits)
         threads = reactor
 
@@ -774,8 +794,7 @@ def _find() -> int:
         )
 
     _react(start)
-    print(found[0])
-    return EXIT_OK
+    return _output_only(f"{found[0]}\n")
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -785,85 +804,137 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _terminal_sent_it(child_pid: int) -> bool:
+#: The standard streams that could not be written in this run ("stdout",
+#: "stderr"), with why: they are not written again.
+_lost: dict[str, str] = {}
+
+
+def _write(name: str, text: str, stream: TextIO | None = None) -> bool:
     """
-    Whether a SIGINT most likely came from the terminal, which sends it to
-    its whole foreground process group: ours, with the child in it. The child
-    has it already then, and a second one would be one too many.
+    Write ``text`` to ``sys.stdout`` or ``sys.stderr`` (``name``), or to
+    ``stream`` standing for it, and flush it; ``False`` when it could not
+    be written: the stream was closed when
+    txportend started (``>&-``), its reader left (a broken pipe), its disk
+    is full (``/dev/full``), and so on. Never an exception: what txportend
+    has to say never changes what happened to the wait.
     """
-    getpgrp = getattr(os, "getpgrp", None)
-    if getpgrp is None:
+    if name in _lost:
+        return False
+    if stream is None:
+        stream = getattr(sys, name)
+    if stream is None:  # Python found the descriptor closed
+        _lost[name] = "it is closed"
         return False
     try:
-        group: int = getpgrp()
-        if os.getpgid(child_pid) != group:
-            return False
-    except OSError:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError) as error:
+        _lost[name] = _describe(error)
         return False
-    for fd in (0, 1, 2):
-        try:
-            if os.isatty(fd):
-                return os.tcgetpgrp(fd) == group
-        except OSError:
-            continue
-    return False
+    return True
+
+
+def _output_only(text: str) -> int:
+    """Print the output of an option whose only job it is (``--find``,
+    ``--version``, ``--help``): exit 1 when it could not be written."""
+    if _write("stdout", text):
+        return EXIT_OK
+    _error(f"could not write to standard output: {_lost['stdout']}")
+    return EXIT_FAILED
+
+
+def _silence_lost_streams() -> None:
+    """
+    Point every lost stream's descriptor at the null device, so that what
+    is still buffered there is dropped quietly when Python flushes it at
+    exit (rather than an "Exception ignored ... BrokenPipeError").
+    """
+    for name in _lost:
+        stream = getattr(sys, name)
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            fd = stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
 
 
 def _run(command: Sequence[str]) -> int:
     """
-    Run ``command``, passing on SIGINT and SIGTERM, and return its exit code
-    (the shell's 128 + N when signal N killed it).
+    Run ``command`` in place of txportend, as a shell's ``exec`` does: on
+    POSIX this process becomes the command (same process id, so every
+    signal reaches it once, whoever sent it, and its exit status is ours),
+    with the signal dispositions txportend was started with. Return only
+    when it could not be run: 127 when it is not found, 126 otherwise, with
+    one line on stderr. Elsewhere, see :func:`_spawn`.
+    """
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):  # nothing may be lost, or doubled
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    if os.name != "posix":
+        return _spawn(command)
+    # Caught signals go back to their defaults on exec; ignored ones stay
+    # ignored. Python ignores these two at start-up (subprocess puts them back
+    # the same way); SIGINT and SIGTERM are as txportend found them, since the
+    # waits put back what they changed.
+    python_ignores = [signal.SIGPIPE, signal.SIGXFSZ]
+    for signum in python_ignores:
+        signal.signal(signum, signal.SIG_DFL)
+    try:
+        os.execvp(command[0], list(command))
+    except OSError as error:
+        for signum in python_ignores:
+            signal.signal(signum, signal.SIG_IGN)
+        return _cannot_run(command[0], error)
+    raise AssertionError("unreachable: exec returned")  # pragma: no cover
+
+
+def _spawn(command: Sequence[str]) -> int:
+    """
+    Where a process can't be replaced (Windows), run ``command`` as a child
+    and return its exit code. The console sends Ctrl-C and Ctrl-Break to
+    every process attached to it, the command included, so txportend
+    ignores SIGINT meanwhile and leaves the command to decide.
     """
     import signal
     import subprocess
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    signals = [signal.SIGINT, signal.SIGTERM]
-    child: subprocess.Popen[bytes] | None = None
-    early: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:
-        if child is None:
-            early.append(signum)
-            return
-        if signum == signal.SIGINT and _terminal_sent_it(child.pid):
-            return
-        # It may have just exited; Windows can't send every signal.
-        with contextlib.suppress(OSError, ValueError):
-            child.send_signal(signum)
-
-    original = {signum: signal.signal(signum, forward) for signum in signals}
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        if early:  # stopped before the command was started
-            return 128 + early[0]
         try:
             child = subprocess.Popen(command)
-        except FileNotFoundError:
-            _error(f"{command[0]}: command not found")
-            return EXIT_NOT_FOUND
         except OSError as error:
-            _error(f"{command[0]}: cannot run: {_describe(error)}")
-            return EXIT_CANNOT_RUN
-        for signum in early:
-            forward(signum, None)
-        code = child.wait()
+            return _cannot_run(command[0], error)
+        return child.wait()
     finally:
-        for signum, handler in original.items():
-            signal.signal(signum, handler)
-    return 128 - code if code < 0 else code
+        signal.signal(signal.SIGINT, previous)
+
+
+def _cannot_run(name: str, error: OSError) -> int:
+    if isinstance(error, FileNotFoundError):
+        _error(f"{name}: command not found")
+        return EXIT_NOT_FOUND
+    _error(f"{name}: cannot run: {_describe(error)}")
+    return EXIT_CANNOT_RUN
 
 
 def _error(message: str) -> None:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    _write("stderr", f"{PROG}: error: {' '.join(message.split())}\n")
+
+
+def _warn(message: str) -> None:
+    _write("stderr", f"{PROG}: warning: {' '.join(message.split())}\n")
 
 
 def _main(argv: Sequence[str]) -> int:
     try:
         try:
             options = _parse(argv)
-        except _Exit as exit:
-            return exit.code
+        except _Print as done:
+            return _output_only(done.text)
         except _UsageError as error:
             _error(str(error))
             return EXIT_USAGE
@@ -874,15 +945,12 @@ def _main(argv: Sequence[str]) -> int:
         if outcomes is not None:
             code = _report(outcomes, None, options)
         else:
-            if options.timeout is not None:  # the quick look counts
-                spent = time.monotonic() - started
-                options.timeout = max(options.timeout - spent, 0.0)
-            code = _wait(options).report(options)
+            code = _wait(options, time.monotonic() - started).report(options)
         if code or options.command is None:
             return code
         return _run(options.command)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        _write("stderr", f"{PROG}: interrupted\n")
         return 130
     except Exception as error:
         _error(f"unexpected error: {_describe(error)}")
@@ -896,11 +964,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     A wait runs the global reactor (which can run only once in a process, and
     not from inside a running one) and begins Twisted's global logging with an
-    observer that discards events, as a command line owns its process.
+    observer that discards events, as a command line owns its process. With
+    ``-- COMMAND`` on POSIX, the process becomes the command: this does not
+    return then.
 
     :param argv: the arguments, without the program name; ``sys.argv[1:]``
         by default.
     """
-    code = _main(sys.argv[1:] if argv is None else argv)
+    _lost.clear()
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        _silence_lost_streams()
     if code:
         raise SystemExit(code)
