@@ -1175,3 +1175,120 @@ def test_a_crash_stops_every_wait_and_fails_the_result() -> None:
     w.result.addErrback(lambda _: None)
     assert reactor.getDelayedCalls() == []
     assert all(c.stoppedConnecting for c in reactor.connectors)
+
+
+# -- the timeout as given, and Ctrl-C at any moment ----------------------------------
+
+
+def test_progress_line_shows_the_timeout_as_given() -> None:
+    """``-t 1m30s`` shows ``/90s``, though the quick look spent 0.5 s of it:
+    the core waits for what is left."""
+    options = cli._parse(["127.0.0.1:1", "occupied", "-t", "1m30s"])
+    reactor = memory_reactor()
+    w = cli._Waits(reactor, options, Terminal(), spent=0.5)
+    w.start()
+    progress = w._progress
+    assert progress is not None
+    assert progress.line(200).startswith("txportend: 0.5s/90s, waiting")
+    assert 89.5 in [c.getTime() for c in reactor.getDelayedCalls()]
+    w.interrupt(signal.SIGINT)
+
+
+@pytest.mark.parametrize(("timeout", "shown"), [(0.0, "/0s"), (-1.0, "")])
+def test_a_timeout_of_zero_or_less_checks_once(timeout: float, shown: str) -> None:
+    """As portend: one probe, then portend's message (the core gets 0)."""
+    options = cli._Options(
+        targets=[("127.0.0.1:1", "127.0.0.1", 1)], want="occupied", timeout=timeout
+    )
+    reactor = memory_reactor()
+    w = cli._Waits(reactor, options, Terminal())
+    w.start()
+    progress = w._progress
+    assert progress is not None
+    assert progress.line(200) == (
+        f"txportend: 0.0s{shown}, waiting until occupied: 127.0.0.1:1"
+    )
+    refuse(reactor)
+    reactor.advance(0)
+    assert w.result.called
+    assert len(reactor.tcpClients) == 1
+    assert [(o.state, o.message) for o in w.outcomes] == [
+        ("timeout", "Port 1 not bound on 127.0.0.1.")
+    ]
+    assert w.exit_code() == 1
+
+
+def test_a_zero_timeout_says_portends_message(closed: int) -> None:
+    result = txportend(f"127.0.0.1:{closed}", "occupied", "-t", "0")
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"Port {closed} not bound on 127.0.0.1.\n",
+    )
+
+
+def started_txportend(*args: str) -> subprocess.Popen[bytes]:
+    """
+    ``python -X importtime -m txportend ARGS``, returned once ``txportend.cli``
+    is imported (Python reports each import on stderr as it ends).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "txportend", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    for _ in range(10_000):
+        ready, _, _ = select.select([proc.stderr], [], [], LIMIT)
+        line = proc.stderr.readline() if ready else b""
+        assert line, "txportend.cli was never imported"
+        if line.rstrip().endswith(b"| txportend.cli"):
+            return proc
+    raise AssertionError("txportend.cli was never imported")
+
+
+@needs_posix
+def test_ctrl_c_at_any_moment_says_one_line_and_exits_130(closed: int) -> None:
+    """
+    Through the quick look, Twisted's import, the wait and the exit: one
+    line, exit 130, never a traceback. (The target stays closed: the wait
+    can only end by the signal.)
+    """
+    for step in range(20):
+        proc = started_txportend(f"127.0.0.1:{closed}", "occupied", "-t", "60")
+        time.sleep(step * 0.015)  # spreads the moments; nothing is timed
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=LIMIT)
+        said = [
+            line
+            for line in stderr.decode().splitlines()
+            if not line.startswith("import time:")
+        ]
+        assert proc.returncode == 130, stderr
+        assert len(said) == 1, stderr
+        assert said[0].startswith("txportend: interrupted"), stderr
+
+
+CTRL_C_DURING_IMPORT = """\
+import runpy, sys
+
+class CtrlC:  # Ctrl-C as the command line imports argparse
+    def find_spec(self, name, path=None, target=None):
+        if name == "argparse":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["txportend", "--version"]
+runpy.run_module("txportend", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_c_while_the_command_line_is_imported() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_DURING_IMPORT],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+    )
+    assert (result.returncode, result.stderr) == (130, "txportend: interrupted\n")

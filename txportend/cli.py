@@ -7,7 +7,7 @@ The ``txportend`` command line, portend-compatible::
 Every target is waited on in parallel through the Deferred core
 (:func:`txportend.occupied` / :func:`txportend.free`) on the global reactor,
 run by :func:`twisted.internet.task.react`. Once all of them have reached the
-state, txportend exits 0, or runs ``COMMAND`` and exits with its code.
+state, txportend exits 0, or becomes ``COMMAND``.
 
 Exit codes:
 
@@ -17,16 +17,23 @@ Exit codes:
   line per target still waiting, such as ``Port 8080 not bound on
   localhost.``), or a target failed for good: ``free`` on a host name that
   does not resolve (``occupied`` retries such a name until the timeout).
+  Also ``--find``, ``--version`` and ``--help`` when their output could not
+  be written.
 * 2: bad usage or input (missing or bad port, unknown state, bad duration, no
   targets), with one line ``txportend: error: ...``.
 * 3: an unexpected error, with one line ``txportend: error: unexpected ...``.
 * 128 + N: the wait was stopped by signal N (130 for Ctrl-C, 143 for
-  SIGTERM); the waits are cancelled.
-* With ``-- COMMAND``: the command's own exit code; 127 when it cannot be
-  found, 126 when it cannot be run; 128 + N when signal N killed it.
-  SIGTERM and SIGINT that txportend receives while the command runs are
-  passed on to it, except a SIGINT that the terminal sent to the whole
-  foreground process group, which the command has already received.
+  SIGTERM); the waits are cancelled. Ctrl-C at any moment once txportend's
+  code runs (its imports included) ends it with one line and 130.
+* With ``-- COMMAND``: once every wait succeeded, txportend flushes its
+  output and replaces itself with the command (``os.execvp``, as a shell's
+  ``exec``): same process, so every signal, whoever sends it, reaches the
+  command once, nothing is left behind, and the exit status is the
+  command's. Signals ignored when txportend started stay ignored; Python's
+  own (SIGPIPE, SIGXFSZ) are put back. 127 when it cannot be found, 126 when
+  it cannot be run, with one line. On Windows, where a process can't be
+  replaced, the command runs as a child (txportend ignores Ctrl-C meanwhile:
+  the console sends it to both) and its exit code is txportend's.
 
 ``--json`` writes to standard output one JSON object per line, one line per
 target in command-line order, once every wait has settled::
@@ -48,8 +55,15 @@ and a command that cannot be run are still reported; ``--json`` and
 ``--find`` still print their output; the exit code says what happened.
 
 When standard error is a terminal (and not ``--quiet``), a progress line there
-says which targets are still waited on and for how long; it is redrawn four
-times a second and erased at the end.
+says which targets are still waited on, for how long and the timeout given;
+it is redrawn four times a second and erased at the end.
+
+Output that can't be written (a closed stream, a reader that left, a full
+disk) never changes the exit code of a wait: the code says what happened to
+the wait, a warning on stderr (if that can be written) says the ``--json``
+records were lost, and ``COMMAND`` still runs after a success. ``--find``,
+``--version`` and ``--help``, whose only job is output, exit 1 then. A usage
+error exits 2 even when its line can't be written.
 
 Start-up time matters (this runs before services start in scripts), so
 targets on loopback (address literals, bind addresses, ``localhost``) first
@@ -69,6 +83,17 @@ import os
 import sys
 import time
 
+from ._cli_command import run
+from ._cli_output import (
+    PROG,
+    describe,
+    lost,
+    say_error,
+    say_warning,
+    silence_lost_streams,
+    write,
+)
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -84,15 +109,11 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-PROG = "txportend"
-
-#: The exit codes, as documented above.
+#: The exit codes, as documented above (126 and 127: in _cli_command).
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
-EXIT_CANNOT_RUN = 126
-EXIT_NOT_FOUND = 127
 
 STATES = ("occupied", "free")
 
@@ -373,7 +394,7 @@ class _Progress:
             width = 0
         if width <= 0:  # unknown (a new pty says 0)
             width = 80
-        if _write("stderr", _ERASE_LINE + self.line(width), self._stream):
+        if write("stderr", _ERASE_LINE + self.line(width), self._stream):
             self._drawn = True
         else:  # the terminal is gone: the wait goes on without the line
             self.stop()
@@ -382,7 +403,7 @@ class _Progress:
         if self._loop.running:
             self._loop.stop()
         if self._drawn:
-            _write("stderr", _ERASE_LINE, self._stream)
+            write("stderr", _ERASE_LINE, self._stream)
             self._drawn = False
 
 
@@ -460,7 +481,7 @@ class _Waits:
                             reactor=self._reactor,
                         )
                 except Exception as error:
-                    self._settle(index, "error", _describe(error), EXIT_INTERNAL)
+                    self._settle(index, "error", describe(error), EXIT_INTERNAL)
                     self._abort()
                     continue
                 self._pending[index] = waited
@@ -533,7 +554,7 @@ class _Waits:
             self._settle(index, "interrupted")
         else:
             code = EXIT_FAILED if isinstance(error, HostNotFound) else EXIT_INTERNAL
-            self._settle(index, "error", _describe(error), code)
+            self._settle(index, "error", describe(error), code)
             self._abort()  # all of them can no longer succeed
         self._check()
 
@@ -580,13 +601,13 @@ def _report(outcomes: Sequence[_Outcome], signum: int | None, options: _Options)
             + (f" while waiting for {', '.join(waiting)}" if waiting else "")
         )
     if lines:
-        _write("stderr", "".join(line + "\n" for line in lines))
+        write("stderr", "".join(line + "\n" for line in lines))
     if options.json:
         import json
 
         records = "".join(json.dumps(o.as_json()) + "\n" for o in outcomes)
-        if not _write("stdout", records):
-            _warn(f"the --json records were not written: {_lost['stdout']}")
+        if not write("stdout", records):
+            say_warning(f"the --json records were not written: {lost['stdout']}")
     return _exit_code(outcomes, signum)
 
 
@@ -666,19 +687,6 @@ def _loopback_addresses(host: str, port: int) -> list[str] | None:
     if addresses and all(map(is_loopback, addresses)):
         return addresses
     return None
-
-
-def _describe(error: BaseException | None) -> str:
-    """One line about an exception."""
-    if error is None:
-        return "unknown error"
-    if isinstance(error, OSError) and error.strerror:
-        text = error.strerror
-    else:
-        text = str(error) or type(error).__name__
-    if not isinstance(error, OSError):
-        text = f"{type(error).__name__}: {text}"
-    return " ".join(text.split())
 
 
 def _signal_name(signum: int) -> str:
@@ -804,129 +812,13 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-#: The standard streams that could not be written in this run ("stdout",
-#: "stderr"), with why: they are not written again.
-_lost: dict[str, str] = {}
-
-
-def _write(name: str, text: str, stream: TextIO | None = None) -> bool:
-    """
-    Write ``text`` to ``sys.stdout`` or ``sys.stderr`` (``name``), or to
-    ``stream`` standing for it, and flush it; ``False`` when it could not
-    be written: the stream was closed when
-    txportend started (``>&-``), its reader left (a broken pipe), its disk
-    is full (``/dev/full``), and so on. Never an exception: what txportend
-    has to say never changes what happened to the wait.
-    """
-    if name in _lost:
-        return False
-    if stream is None:
-        stream = getattr(sys, name)
-    if stream is None:  # Python found the descriptor closed
-        _lost[name] = "it is closed"
-        return False
-    try:
-        stream.write(text)
-        stream.flush()
-    except (OSError, ValueError) as error:
-        _lost[name] = _describe(error)
-        return False
-    return True
-
-
 def _output_only(text: str) -> int:
     """Print the output of an option whose only job it is (``--find``,
     ``--version``, ``--help``): exit 1 when it could not be written."""
-    if _write("stdout", text):
+    if write("stdout", text):
         return EXIT_OK
-    _error(f"could not write to standard output: {_lost['stdout']}")
+    say_error(f"could not write to standard output: {lost['stdout']}")
     return EXIT_FAILED
-
-
-def _silence_lost_streams() -> None:
-    """
-    Point every lost stream's descriptor at the null device, so that what
-    is still buffered there is dropped quietly when Python flushes it at
-    exit (rather than an "Exception ignored ... BrokenPipeError").
-    """
-    for name in _lost:
-        stream = getattr(sys, name)
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            fd = stream.fileno()
-            null = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(null, fd)
-            finally:
-                os.close(null)
-
-
-def _run(command: Sequence[str]) -> int:
-    """
-    Run ``command`` in place of txportend, as a shell's ``exec`` does: on
-    POSIX this process becomes the command (same process id, so every
-    signal reaches it once, whoever sent it, and its exit status is ours),
-    with the signal dispositions txportend was started with. Return only
-    when it could not be run: 127 when it is not found, 126 otherwise, with
-    one line on stderr. Elsewhere, see :func:`_spawn`.
-    """
-    import signal
-
-    for stream in (sys.stdout, sys.stderr):  # nothing may be lost, or doubled
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            stream.flush()
-    if os.name != "posix":
-        return _spawn(command)
-    # Caught signals go back to their defaults on exec; ignored ones stay
-    # ignored. Python ignores these two at start-up (subprocess puts them back
-    # the same way); SIGINT and SIGTERM are as txportend found them, since the
-    # waits put back what they changed.
-    python_ignores = [signal.SIGPIPE, signal.SIGXFSZ]
-    for signum in python_ignores:
-        signal.signal(signum, signal.SIG_DFL)
-    try:
-        os.execvp(command[0], list(command))
-    except OSError as error:
-        for signum in python_ignores:
-            signal.signal(signum, signal.SIG_IGN)
-        return _cannot_run(command[0], error)
-    raise AssertionError("unreachable: exec returned")  # pragma: no cover
-
-
-def _spawn(command: Sequence[str]) -> int:
-    """
-    Where a process can't be replaced (Windows), run ``command`` as a child
-    and return its exit code. The console sends Ctrl-C and Ctrl-Break to
-    every process attached to it, the command included, so txportend
-    ignores SIGINT meanwhile and leaves the command to decide.
-    """
-    import signal
-    import subprocess
-
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        try:
-            child = subprocess.Popen(command)
-        except OSError as error:
-            return _cannot_run(command[0], error)
-        return child.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _cannot_run(name: str, error: OSError) -> int:
-    if isinstance(error, FileNotFoundError):
-        _error(f"{name}: command not found")
-        return EXIT_NOT_FOUND
-    _error(f"{name}: cannot run: {_describe(error)}")
-    return EXIT_CANNOT_RUN
-
-
-def _error(message: str) -> None:
-    _write("stderr", f"{PROG}: error: {' '.join(message.split())}\n")
-
-
-def _warn(message: str) -> None:
-    _write("stderr", f"{PROG}: warning: {' '.join(message.split())}\n")
 
 
 def _main(argv: Sequence[str]) -> int:
@@ -936,7 +828,7 @@ def _main(argv: Sequence[str]) -> int:
         except _Print as done:
             return _output_only(done.text)
         except _UsageError as error:
-            _error(str(error))
+            say_error(str(error))
             return EXIT_USAGE
         if options.find:
             return _find()
@@ -948,12 +840,12 @@ def _main(argv: Sequence[str]) -> int:
             code = _wait(options, time.monotonic() - started).report(options)
         if code or options.command is None:
             return code
-        return _run(options.command)
+        return run(options.command)
     except KeyboardInterrupt:
-        _write("stderr", f"{PROG}: interrupted\n")
+        write("stderr", f"{PROG}: interrupted\n")
         return 130
     except Exception as error:
-        _error(f"unexpected error: {_describe(error)}")
+        say_error(f"unexpected error: {describe(error)}")
         return EXIT_INTERNAL
 
 
@@ -971,10 +863,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     :param argv: the arguments, without the program name; ``sys.argv[1:]``
         by default.
     """
-    _lost.clear()
+    lost.clear()
     try:
         code = _main(sys.argv[1:] if argv is None else argv)
     finally:
-        _silence_lost_streams()
+        silence_lost_streams()
     if code:
         raise SystemExit(code)
