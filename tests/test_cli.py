@@ -1264,7 +1264,10 @@ def test_ctrl_c_at_any_moment_says_one_line_and_exits_130(closed: int) -> None:
             for line in stderr.decode().splitlines()
             if not line.startswith("import time:")
         ]
-        assert proc.returncode == 130, stderr
+        # 130, or ended by SIGINT itself (the shell shows 130 for both): when
+        # Python saw the KeyboardInterrupt in some of its own C paths (during
+        # an import), it re-raises SIGINT on its way out.
+        assert proc.returncode in (130, -signal.SIGINT), stderr
         assert len(said) == 1, stderr
         assert said[0].startswith("txportend: interrupted"), stderr
 
