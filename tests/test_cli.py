@@ -508,7 +508,9 @@ def test_command_does_not_run_after_a_timeout(closed: int, tmp_path: Path) -> No
 
 
 @needs_posix
-def test_command_killed_by_a_signal_exits_128_plus_it(listening: int) -> None:
+def test_command_killed_by_a_signal_ends_txportend_alike(listening: int) -> None:
+    """The process is the command: killed by the same signal (the shell's
+    128 + N)."""
     result = txportend(
         f"127.0.0.1:{listening}",
         "occupied",
@@ -517,17 +519,17 @@ def test_command_killed_by_a_signal_exits_128_plus_it(listening: int) -> None:
         "-c",
         "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
     )
-    assert result.returncode == 128 + signal.SIGKILL
+    assert result.returncode == -signal.SIGKILL
 
 
-HANDLER = f"""\
-import signal, sys, time
+RECEIVER = f"""\
+import os, signal, sys, time
 def handle(signum, frame):
     print('got', signal.Signals(signum).name, flush=True)
     sys.exit(42)
-signal.signal(signal.SIGTERM, handle)
-signal.signal(signal.SIGINT, handle)
-print('ready', flush=True)
+for name in ('SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT'):
+    signal.signal(getattr(signal, name), handle)
+print('ready', os.getpid(), flush=True)
 for _ in range({LIMIT} * 10):
     time.sleep(0.1)
 sys.exit(5)
@@ -535,39 +537,28 @@ sys.exit(5)
 
 
 @needs_posix
-@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
-def test_signals_are_forwarded_to_the_command(
-    listening: int, running: type[Running], sent: signal.Signals
+@pytest.mark.parametrize("to", ["process", "group"])
+@pytest.mark.parametrize(
+    "sent", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT]
+)
+def test_the_command_takes_over_the_process(
+    listening: int, running: type[Running], sent: signal.Signals, to: str
 ) -> None:
     """
-    SIGTERM or SIGINT sent to txportend reaches the command (here with no
-    terminal, so a SIGINT did not come from one), and the command's exit
-    code comes back.
+    The command runs in txportend's process (same process id): a signal sent
+    to txportend, or to its whole process group (``timeout -s INT``, a job
+    runner), reaches the command once and can't leave it orphaned; its exit
+    code is the one the caller sees.
     """
     proc = running(
-        f"127.0.0.1:{listening}", "occupied", "--", sys.executable, "-c", HANDLER
+        f"127.0.0.1:{listening}", "occupied", "--", sys.executable, "-c", RECEIVER
     )
-    assert proc.readline() == b"ready\n"
-    proc.process.send_signal(sent)
-    assert proc.readline() == f"got {sent.name}\n".encode()
-    code, _, stderr = proc.finish()
-    assert (code, stderr) == (42, "")
-
-
-COUNTER = f"""\
-import signal, sys, time
-count = 0
-def handle(signum, frame):
-    global count
-    count += 1
-signal.signal(signal.SIGINT, handle)
-print('ready', flush=True)
-deadline = time.monotonic() + {LIMIT}
-while count == 0 and time.monotonic() < deadline:
-    time.sleep(0.05)
-time.sleep(0.5)  # room for a second SIGINT, if one were passed on
-sys.exit(40 + count)
-"""
+    assert proc.readline() == f"ready {proc.process.pid}\n".encode()
+    if to == "group":  # its own session: the group is its process id
+        os.killpg(proc.process.pid, sent)
+    else:
+        proc.process.send_signal(sent)
+    assert proc.finish() == (42, f"got {sent.name}\n", "")
 
 
 @needs_posix
@@ -575,8 +566,8 @@ def test_ctrl_c_on_the_terminal_reaches_the_command_once(
     listening: int, running: type[Running]
 ) -> None:
     """
-    The terminal sends Ctrl-C's SIGINT to its whole foreground process group,
-    the command included: txportend does not pass on a second one.
+    The terminal sends Ctrl-C's SIGINT to its whole foreground process group:
+    the command gets it, in txportend's place.
     """
     import fcntl
     import termios
@@ -593,20 +584,213 @@ def test_ctrl_c_on_the_terminal_reaches_the_command_once(
             "--",
             sys.executable,
             "-c",
-            COUNTER,
+            RECEIVER,
             stdin=slave,
             preexec_fn=take_the_terminal,
         )
         os.close(slave)
         slave = -1
-        assert proc.readline() == b"ready\n"
+        assert proc.readline() == f"ready {proc.process.pid}\n".encode()
         os.write(master, b"\x03")  # Ctrl-C
-        code, _, stderr = proc.finish()
+        result = proc.finish()
     finally:
         os.close(master)
         if slave >= 0:
             os.close(slave)
-    assert (code, stderr) == (41, "")
+    assert result == (42, "got SIGINT\n", "")
+
+
+# The shell ($$) is the command: its descriptors, then (exec keeps them) the
+# signals it has blocked and ignored.
+PROCESS_STATE = [
+    "/bin/sh",
+    "-c",
+    "ls /proc/$$/fd; exec grep -E '^Sig(Blk|Ign)' /proc/self/status",
+]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_the_command_inherits_nothing_from_the_wait() -> None:
+    """
+    After a wait on the reactor, the command has the descriptors and signal
+    masks it would have had if run directly: none of Twisted's (the poller,
+    waker pipes, the signal wakeup descriptor), no signal blocked, none
+    ignored that was not ignored before (Python ignores SIGPIPE).
+    """
+    streams: dict[str, Any] = {
+        "stdin": subprocess.DEVNULL,
+        "capture_output": True,
+        "text": True,
+        "timeout": LIMIT,
+    }
+    direct = subprocess.run(PROCESS_STATE, **streams)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(128)
+        port = server.getsockname()[1]
+        proc = subprocess.Popen(
+            command(f"127.0.0.1:{port}", "free", "--", *PROCESS_STATE),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            probed(server, 2)  # the quick look, then the core: on the reactor
+        finally:
+            server.close()
+            stdout, stderr = proc.communicate(timeout=LIMIT)
+    assert (proc.returncode, stderr) == (0, "")
+    assert stdout == direct.stdout
+
+
+# -- output that can't be written ------------------------------------------------
+
+
+def with_streams(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m txportend ARGS`` with a shell redirection of its own
+    streams (``>&-``, ``2>/dev/full``), capturing what is left."""
+    return subprocess.run(
+        ["/bin/sh", "-c", f'exec "$@" {redirect}', "sh", *command(*args)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+    )
+
+
+def into_a_broken_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m txportend ARGS`` with stdout a pipe nobody reads."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            command(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=LIMIT,
+        )
+    finally:
+        os.close(writer)
+
+
+def no_noise(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    assert "Exception ignored" not in stderr
+    return stderr
+
+
+needs_dev_full = pytest.mark.skipif(
+    not os.path.exists("/dev/full"), reason="needs /dev/full"
+)
+
+
+@needs_posix
+def test_json_into_a_broken_pipe_still_runs_the_command(
+    listening: int, tmp_path: Path
+) -> None:
+    """The wait succeeded: the command runs, after a warning."""
+    marker = tmp_path / "ran"
+    result = into_a_broken_pipe(
+        "--json",
+        f"127.0.0.1:{listening}",
+        "occupied",
+        "--",
+        sys.executable,
+        "-c",
+        f"open({str(marker)!r}, 'w').close()",
+    )
+    assert result.returncode == 0
+    assert no_noise(result.stderr) == (
+        "txportend: warning: the --json records were not written: Broken pipe\n"
+    )
+    assert marker.exists()
+
+
+@needs_posix
+def test_a_timeout_into_a_broken_pipe_exits_1(closed: int) -> None:
+    result = into_a_broken_pipe(
+        "--json", f"127.0.0.1:{closed}", "occupied", "-t", "0.2"
+    )
+    assert result.returncode == 1
+    assert no_noise(result.stderr) == (
+        f"Port {closed} not bound on 127.0.0.1.\n"
+        "txportend: warning: the --json records were not written: Broken pipe\n"
+    )
+
+
+@needs_posix
+def test_a_closed_stdout_changes_nothing(listening: int) -> None:
+    result = with_streams(">&-", f"127.0.0.1:{listening}", "occupied")
+    assert (result.returncode, result.stderr) == (0, "")
+    result = with_streams(">&-", "--json", f"127.0.0.1:{listening}", "occupied")
+    assert result.returncode == 0
+    assert no_noise(result.stderr) == (
+        "txportend: warning: the --json records were not written: it is closed\n"
+    )
+
+
+@needs_posix
+@needs_dev_full
+def test_json_on_a_full_disk_warns(listening: int) -> None:
+    result = with_streams(">/dev/full", "--json", f"127.0.0.1:{listening}", "occupied")
+    assert result.returncode == 0
+    assert no_noise(result.stderr) == (
+        "txportend: warning: the --json records were not written: "
+        "No space left on device\n"
+    )
+
+
+@needs_posix
+def test_a_closed_stderr_keeps_the_timeout_off_stdout(closed: int) -> None:
+    result = with_streams(
+        "2>&-", "--json", f"127.0.0.1:{closed}", "occupied", "-t", "0"
+    )
+    assert result.returncode == 1
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["state"] == "timeout"
+
+
+OUTPUT_ONLY = [["--find"], ["--version"], ["--help"]]
+
+
+@needs_posix
+@pytest.mark.parametrize("args", OUTPUT_ONLY)
+@pytest.mark.parametrize(
+    ("redirect", "reason"),
+    [(">&-", "it is closed"), (">/dev/full", "No space left on device")],
+)
+def test_output_only_options_fail_when_they_cannot_write(
+    args: list[str], redirect: str, reason: str
+) -> None:
+    if "/dev/full" in redirect and not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    result = with_streams(redirect, *args)
+    assert result.returncode == 1
+    assert one_error_line(no_noise(result.stderr)) == (
+        f"txportend: error: could not write to standard output: {reason}"
+    )
+
+
+@needs_posix
+@pytest.mark.parametrize("args", OUTPUT_ONLY)
+def test_output_only_options_fail_into_a_broken_pipe(args: list[str]) -> None:
+    result = into_a_broken_pipe(*args)
+    assert result.returncode == 1
+    assert one_error_line(no_noise(result.stderr)) == (
+        "txportend: error: could not write to standard output: Broken pipe"
+    )
+
+
+@needs_posix
+@pytest.mark.parametrize("redirect", ["2>&-", "2>/dev/full"])
+def test_a_usage_error_exits_2_even_when_it_cannot_be_said(redirect: str) -> None:
+    if "/dev/full" in redirect and not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    result = with_streams(redirect, "localhost:80", "up")
+    assert (result.returncode, result.stdout) == (2, "")
 
 
 # -- signals during the wait -------------------------------------------------------
@@ -982,21 +1166,6 @@ def test_main_does_not_run_inside_a_running_reactor(
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 
-def test_no_terminal_means_a_sigint_is_passed_on() -> None:
-    code = (
-        "import os; from txportend import cli; "
-        "print(cli._terminal_sent_it(os.getpid()))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=LIMIT,
-    )
-    assert result.stdout == "False\n", result.stderr
-
-
 def test_a_crash_stops_every_wait_and_fails_the_result() -> None:
     reactor, w = waits(["127.0.0.1:1", "127.0.0.1:2", "occupied"])
     w.start()
@@ -1006,3 +1175,123 @@ def test_a_crash_stops_every_wait_and_fails_the_result() -> None:
     w.result.addErrback(lambda _: None)
     assert reactor.getDelayedCalls() == []
     assert all(c.stoppedConnecting for c in reactor.connectors)
+
+
+# -- the timeout as given, and Ctrl-C at any moment ----------------------------------
+
+
+def test_progress_line_shows_the_timeout_as_given() -> None:
+    """``-t 1m30s`` shows ``/90s``, though the quick look spent 0.5 s of it:
+    the core waits for what is left."""
+    options = cli._parse(["127.0.0.1:1", "occupied", "-t", "1m30s"])
+    reactor = memory_reactor()
+    w = cli._Waits(reactor, options, Terminal(), spent=0.5)
+    w.start()
+    progress = w._progress
+    assert progress is not None
+    assert progress.line(200).startswith("txportend: 0.5s/90s, waiting")
+    assert 89.5 in [c.getTime() for c in reactor.getDelayedCalls()]
+    w.interrupt(signal.SIGINT)
+
+
+@pytest.mark.parametrize(("timeout", "shown"), [(0.0, "/0s"), (-1.0, "")])
+def test_a_timeout_of_zero_or_less_checks_once(timeout: float, shown: str) -> None:
+    """As portend: one probe, then portend's message (the core gets 0)."""
+    options = cli._Options(
+        targets=[("127.0.0.1:1", "127.0.0.1", 1)], want="occupied", timeout=timeout
+    )
+    reactor = memory_reactor()
+    w = cli._Waits(reactor, options, Terminal())
+    w.start()
+    progress = w._progress
+    assert progress is not None
+    assert progress.line(200) == (
+        f"txportend: 0.0s{shown}, waiting until occupied: 127.0.0.1:1"
+    )
+    refuse(reactor)
+    reactor.advance(0)
+    assert w.result.called
+    assert len(reactor.tcpClients) == 1
+    assert [(o.state, o.message) for o in w.outcomes] == [
+        ("timeout", "Port 1 not bound on 127.0.0.1.")
+    ]
+    assert w.exit_code() == 1
+
+
+def test_a_zero_timeout_says_portends_message(closed: int) -> None:
+    result = txportend(f"127.0.0.1:{closed}", "occupied", "-t", "0")
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"Port {closed} not bound on 127.0.0.1.\n",
+    )
+
+
+def started_txportend(*args: str) -> subprocess.Popen[bytes]:
+    """
+    ``python -X importtime -m txportend ARGS``, returned once ``txportend.cli``
+    is imported (Python reports each import on stderr as it ends).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "txportend", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    for _ in range(10_000):
+        ready, _, _ = select.select([proc.stderr], [], [], LIMIT)
+        line = proc.stderr.readline() if ready else b""
+        assert line, "txportend.cli was never imported"
+        if line.rstrip().endswith(b"| txportend.cli"):
+            return proc
+    raise AssertionError("txportend.cli was never imported")
+
+
+@needs_posix
+def test_ctrl_c_at_any_moment_says_one_line_and_exits_130(closed: int) -> None:
+    """
+    Through the quick look, Twisted's import, the wait and the exit: one
+    line, exit 130, never a traceback. (The target stays closed: the wait
+    can only end by the signal.)
+    """
+    for step in range(20):
+        proc = started_txportend(f"127.0.0.1:{closed}", "occupied", "-t", "60")
+        time.sleep(step * 0.015)  # spreads the moments; nothing is timed
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=LIMIT)
+        said = [
+            line
+            for line in stderr.decode().splitlines()
+            if not line.startswith("import time:")
+        ]
+        # 130, or ended by SIGINT itself (the shell shows 130 for both): when
+        # Python saw the KeyboardInterrupt in some of its own C paths (during
+        # an import), it re-raises SIGINT on its way out.
+        assert proc.returncode in (130, -signal.SIGINT), stderr
+        assert len(said) == 1, stderr
+        assert said[0].startswith("txportend: interrupted"), stderr
+
+
+CTRL_C_DURING_IMPORT = """\
+import runpy, sys
+
+class CtrlC:  # Ctrl-C as the command line imports argparse
+    def find_spec(self, name, path=None, target=None):
+        if name == "argparse":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["txportend", "--version"]
+runpy.run_module("txportend", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_c_while_the_command_line_is_imported() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_DURING_IMPORT],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+    )
+    assert (result.returncode, result.stderr) == (130, "txportend: interrupted\n")

@@ -1,6 +1,41 @@
-"""``python -m txportend``: the command line, see :mod:`txportend.cli`."""
+"""
+``python -m txportend``: the command line, see :mod:`txportend.cli`.
 
-from txportend.cli import main
+:func:`main` is the program around :func:`txportend.cli.main`: a Ctrl-C
+that lands while the command line's modules are being imported, or as it
+exits, ends it as one during the wait does (one line, exit 130), never as a
+Python traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """
+    Run the command line on ``sys.argv`` as a program.
+
+    :raises SystemExit: with the exit code, unless it is 0.
+    """
+    try:
+        from txportend.cli import main as run  # a Ctrl-C here is caught below
+
+        run()
+    except KeyboardInterrupt:
+        try:
+            sys.stderr.write("txportend: interrupted\n")
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        raise SystemExit(130) from None
+    finally:
+        # The result is known: a Ctrl-C from now on, while Python shuts down
+        # (threads, atexit), would only print a traceback.
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 
 if __name__ == "__main__":
     main()

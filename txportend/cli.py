@@ -7,7 +7,7 @@ The ``txportend`` command line, portend-compatible::
 Every target is waited on in parallel through the Deferred core
 (:func:`txportend.occupied` / :func:`txportend.free`) on the global reactor,
 run by :func:`twisted.internet.task.react`. Once all of them have reached the
-state, txportend exits 0, or runs ``COMMAND`` and exits with its code.
+state, txportend exits 0, or becomes ``COMMAND``.
 
 Exit codes:
 
@@ -17,16 +17,23 @@ Exit codes:
   line per target still waiting, such as ``Port 8080 not bound on
   localhost.``), or a target failed for good: ``free`` on a host name that
   does not resolve (``occupied`` retries such a name until the timeout).
+  Also ``--find``, ``--version`` and ``--help`` when their output could not
+  be written.
 * 2: bad usage or input (missing or bad port, unknown state, bad duration, no
   targets), with one line ``txportend: error: ...``.
 * 3: an unexpected error, with one line ``txportend: error: unexpected ...``.
 * 128 + N: the wait was stopped by signal N (130 for Ctrl-C, 143 for
-  SIGTERM); the waits are cancelled.
-* With ``-- COMMAND``: the command's own exit code; 127 when it cannot be
-  found, 126 when it cannot be run; 128 + N when signal N killed it.
-  SIGTERM and SIGINT that txportend receives while the command runs are
-  passed on to it, except a SIGINT that the terminal sent to the whole
-  foreground process group, which the command has already received.
+  SIGTERM); the waits are cancelled. Ctrl-C at any moment once txportend's
+  code runs (its imports included) ends it with one line and 130.
+* With ``-- COMMAND``: once every wait succeeded, txportend flushes its
+  output and replaces itself with the command (``os.execvp``, as a shell's
+  ``exec``): same process, so every signal, whoever sends it, reaches the
+  command once, nothing is left behind, and the exit status is the
+  command's. Signals ignored when txportend started stay ignored; Python's
+  own (SIGPIPE, SIGXFSZ) are put back. 127 when it cannot be found, 126 when
+  it cannot be run, with one line. On Windows, where a process can't be
+  replaced, the command runs as a child (txportend ignores Ctrl-C meanwhile:
+  the console sends it to both) and its exit code is txportend's.
 
 ``--json`` writes to standard output one JSON object per line, one line per
 target in command-line order, once every wait has settled::
@@ -48,8 +55,15 @@ and a command that cannot be run are still reported; ``--json`` and
 ``--find`` still print their output; the exit code says what happened.
 
 When standard error is a terminal (and not ``--quiet``), a progress line there
-says which targets are still waited on and for how long; it is redrawn four
-times a second and erased at the end.
+says which targets are still waited on, for how long and the timeout given;
+it is redrawn four times a second and erased at the end.
+
+Output that can't be written (a closed stream, a reader that left, a full
+disk) never changes the exit code of a wait: the code says what happened to
+the wait, a warning on stderr (if that can be written) says the ``--json``
+records were lost, and ``COMMAND`` still runs after a success. ``--find``,
+``--version`` and ``--help``, whose only job is output, exit 1 then. A usage
+error exits 2 even when its line can't be written.
 
 Start-up time matters (this runs before services start in scripts), so
 targets on loopback (address literals, bind addresses, ``localhost``) first
@@ -69,6 +83,17 @@ import os
 import sys
 import time
 
+from ._cli_command import run
+from ._cli_output import (
+    PROG,
+    describe,
+    lost,
+    say_error,
+    say_warning,
+    silence_lost_streams,
+    write,
+)
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -84,15 +109,11 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-PROG = "txportend"
-
-#: The exit codes, as documented above.
+#: The exit codes, as documented above (126 and 127: in _cli_command).
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
-EXIT_CANNOT_RUN = 126
-EXIT_NOT_FOUND = 127
 
 STATES = ("occupied", "free")
 
@@ -129,12 +150,12 @@ class _UsageError(Exception):
     """Bad usage or input: one line on stderr, exit 2."""
 
 
-class _Exit(Exception):
-    """argparse is done (``--help``, ``--version``): exit with ``code``."""
+class _Print(Exception):
+    """``--help`` or ``--version``: print ``text`` on stdout, and that is all."""
 
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,11 +163,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise _UsageError(message)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        raise _Exit(status)
 
 
 def _seconds(text: str) -> float:
@@ -201,14 +217,13 @@ class _Options:
 
 
 def _parser() -> _Parser:
-    from ._version import __version__
-
     parser = _Parser(
         prog=PROG,
         usage=_USAGE,
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,  # printed by _main, which knows when stdout fails
     )
     parser.add_argument(
         "words",
@@ -247,7 +262,12 @@ def _parser() -> _Parser:
         action="store_true",
         help="print a free TCP port on 127.0.0.1 and exit",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "-h", "--help", action="store_true", help="show this help and exit"
+    )
+    parser.add_argument(
+        "--version", action="store_true", help="show the version and exit"
+    )
     return parser
 
 
@@ -256,7 +276,7 @@ def _parse(argv: Sequence[str]) -> _Options:
     Parse a command line (without the program name).
 
     :raises _UsageError: with a one-line message for bad usage or input.
-    :raises _Exit: after ``--help`` or ``--version`` printed their output.
+    :raises _Print: for ``--help`` and ``--version``, with their output.
     """
     argv = list(argv)
     command: list[str] | None = None
@@ -265,7 +285,14 @@ def _parse(argv: Sequence[str]) -> _Options:
         argv, command = argv[:split], argv[split + 1 :]
         if not command:
             raise _UsageError("missing COMMAND after '--'")
-    args = _parser().parse_intermixed_args(argv)
+    parser = _parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.help:
+        raise _Print(parser.format_help())
+    if args.version:
+        from ._version import __version__
+
+        raise _Print(f"{PROG} {__version__}\n")
     words: list[str] = args.words
     if args.find:
         if words or command is not None:
@@ -357,8 +384,9 @@ class _Progress:
     def line(self, width: int) -> str:
         """The progress line, cut to fit in ``width`` columns."""
         elapsed = self._waits.elapsed()
-        limit = self._waits.timeout
-        total = "" if limit is None or math.isinf(limit) else f"/{limit:g}s"
+        limit = self._waits.timeout  # as the user gave it
+        shown = limit is not None and 0 <= limit < math.inf
+        total = f"/{limit:.15g}s" if shown else ""
         text = (
             f"{PROG}: {elapsed:.1f}s{total}, waiting until {self._waits.want}: "
             + ", ".join(self._waits.waiting())
@@ -374,16 +402,16 @@ class _Progress:
             width = 0
         if width <= 0:  # unknown (a new pty says 0)
             width = 80
-        self._stream.write(_ERASE_LINE + self.line(width))
-        self._stream.flush()
-        self._drawn = True
+        if write("stderr", _ERASE_LINE + self.line(width), self._stream):
+            self._drawn = True
+        else:  # the terminal is gone: the wait goes on without the line
+            self.stop()
 
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
         if self._drawn:
-            self._stream.write(_ERASE_LINE)
-            self._stream.flush()
+            write("stderr", _ERASE_LINE, self._stream)
             self._drawn = False
 
 
@@ -392,7 +420,9 @@ class _Waits:
     Waits for every target in parallel on one reactor.
 
     :attr:`result` fires with ``None`` (it never fails) once every wait has
-    settled; :meth:`exit_code` and :attr:`outcomes` say how.
+    settled; :meth:`exit_code` and :attr:`outcomes` say how. ``spent`` is
+    the seconds already spent (on the quick look): they count in the
+    timeout and in the seconds reported.
     """
 
     def __init__(
@@ -400,13 +430,19 @@ class _Waits:
         reactor: IPortendReactor,
         options: _Options,
         progress: TextIO | None = None,
+        spent: float = 0.0,
     ) -> None:
         from twisted.internet.defer import Deferred
 
         self._reactor = reactor
         self._targets = options.targets
         self.want = options.want
+        #: The timeout as the user gave it, in seconds (None: for ever).
         self.timeout = options.timeout
+        self._spent = spent
+        # What is left of it for the core; at least one probe (as any
+        # timeout of 0 or less, as in portend).
+        self._left = None if self.timeout is None else max(self.timeout - spent, 0.0)
         self._interval = options.interval
         self.outcomes = [_Outcome(text) for text, _, _ in options.targets]
         self.signal: int | None = None
@@ -420,10 +456,10 @@ class _Waits:
         )
 
     def elapsed(self) -> float:
-        """Seconds since the waits started."""
+        """Seconds since the command line started looking."""
         if self._started is None:
-            return 0.0
-        return max(self._reactor.seconds() - self._started, 0.0)
+            return self._spent
+        return self._spent + max(self._reactor.seconds() - self._started, 0.0)
 
     def waiting(self) -> list[str]:
         """The targets still waited on, in command-line order."""
@@ -443,17 +479,17 @@ class _Waits:
                     continue
                 try:
                     if self._interval is None:
-                        waited = wait(host, port, self.timeout, reactor=self._reactor)
+                        waited = wait(host, port, self._left, reactor=self._reactor)
                     else:
                         waited = wait(
                             host,
                             port,
-                            self.timeout,
+                            self._left,
                             interval=self._interval,
                             reactor=self._reactor,
                         )
                 except Exception as error:
-                    self._settle(index, "error", _describe(error), EXIT_INTERNAL)
+                    self._settle(index, "error", describe(error), EXIT_INTERNAL)
                     self._abort()
                     continue
                 self._pending[index] = waited
@@ -526,7 +562,7 @@ class _Waits:
             self._settle(index, "interrupted")
         else:
             code = EXIT_FAILED if isinstance(error, HostNotFound) else EXIT_INTERNAL
-            self._settle(index, "error", _describe(error), code)
+            self._settle(index, "error", describe(error), code)
             self._abort()  # all of them can no longer succeed
         self._check()
 
@@ -555,7 +591,9 @@ def _exit_code(outcomes: Sequence[_Outcome], signum: int | None) -> int:
 def _report(outcomes: Sequence[_Outcome], signum: int | None, options: _Options) -> int:
     """
     Say how the waits ended: timeouts, errors and an interruption on stderr,
-    ``--json`` records on stdout. Return the exit code.
+    ``--json`` records on stdout. Return the exit code, which says how the
+    waits ended whether or not this could be written (a warning on stderr
+    when the records could not).
     """
     lines = []
     for outcome in outcomes:
@@ -570,14 +608,14 @@ def _report(outcomes: Sequence[_Outcome], signum: int | None, options: _Options)
             f"{PROG}: interrupted by {_signal_name(signum)}"
             + (f" while waiting for {', '.join(waiting)}" if waiting else "")
         )
-    for line in lines:
-        print(line, file=sys.stderr)
+    if lines:
+        write("stderr", "".join(line + "\n" for line in lines))
     if options.json:
         import json
 
-        for outcome in outcomes:
-            print(json.dumps(outcome.as_json()))
-    sys.stdout.flush()
+        records = "".join(json.dumps(o.as_json()) + "\n" for o in outcomes)
+        if not write("stdout", records):
+            say_warning(f"the --json records were not written: {lost['stdout']}")
     return _exit_code(outcomes, signum)
 
 
@@ -659,19 +697,6 @@ def _loopback_addresses(host: str, port: int) -> list[str] | None:
     return None
 
 
-def _describe(error: BaseException | None) -> str:
-    """One line about an exception."""
-    if error is None:
-        return "unknown error"
-    if isinstance(error, OSError) and error.strerror:
-        text = error.strerror
-    else:
-        text = str(error) or type(error).__name__
-    if not isinstance(error, OSError):
-        text = f"{type(error).__name__}: {text}"
-    return " ".join(text.split())
-
-
 def _signal_name(signum: int) -> str:
     import signal
 
@@ -723,8 +748,11 @@ def _react(start: Callable[[IReactorCore], Deferred[None]]) -> None:
         failures[0].raiseException()
 
 
-def _wait(options: _Options) -> _Waits:
-    """Run the waits on the global reactor until they have all settled."""
+def _wait(options: _Options, spent: float) -> _Waits:
+    """
+    Run the waits on the global reactor until they have all settled;
+    ``spent``: the seconds already spent on the quick look.
+    """
     import signal
 
     signals = [signal.SIGINT, signal.SIGTERM]
@@ -733,7 +761,7 @@ def _wait(options: _Options) -> _Waits:
     made: list[_Waits] = []
 
     def start(reactor: IReactorCore) -> Deferred[None]:
-        waits = _Waits(reactor, options, progress)  # type: ignore[arg-type]
+        waits = _Waits(reactor, options, progress, spent)  # type: ignore[arg-type]
         made.append(waits)
         threads = reactor
 
@@ -782,8 +810,7 @@ def _find() -> int:
         )
 
     _react(start)
-    print(found[0])
-    return EXIT_OK
+    return _output_only(f"{found[0]}\n")
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -793,87 +820,23 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _terminal_sent_it(child_pid: int) -> bool:
-    """
-    Whether a SIGINT most likely came from the terminal, which sends it to
-    its whole foreground process group: ours, with the child in it. The child
-    has it already then, and a second one would be one too many.
-    """
-    getpgrp = getattr(os, "getpgrp", None)
-    if getpgrp is None:
-        return False
-    try:
-        group: int = getpgrp()
-        if os.getpgid(child_pid) != group:
-            return False
-    except OSError:
-        return False
-    for fd in (0, 1, 2):
-        try:
-            if os.isatty(fd):
-                return os.tcgetpgrp(fd) == group
-        except OSError:
-            continue
-    return False
-
-
-def _run(command: Sequence[str]) -> int:
-    """
-    Run ``command``, passing on SIGINT and SIGTERM, and return its exit code
-    (the shell's 128 + N when signal N killed it).
-    """
-    import signal
-    import subprocess
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    signals = [signal.SIGINT, signal.SIGTERM]
-    child: subprocess.Popen[bytes] | None = None
-    early: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:
-        if child is None:
-            early.append(signum)
-            return
-        if signum == signal.SIGINT and _terminal_sent_it(child.pid):
-            return
-        # It may have just exited; Windows can't send every signal.
-        with contextlib.suppress(OSError, ValueError):
-            child.send_signal(signum)
-
-    original = {signum: signal.signal(signum, forward) for signum in signals}
-    try:
-        if early:  # stopped before the command was started
-            return 128 + early[0]
-        try:
-            child = subprocess.Popen(command)
-        except FileNotFoundError:
-            _error(f"{command[0]}: command not found")
-            return EXIT_NOT_FOUND
-        except OSError as error:
-            _error(f"{command[0]}: cannot run: {_describe(error)}")
-            return EXIT_CANNOT_RUN
-        for signum in early:
-            forward(signum, None)
-        code = child.wait()
-    finally:
-        for signum, handler in original.items():
-            signal.signal(signum, handler)
-    return 128 - code if code < 0 else code
-
-
-def _error(message: str) -> None:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+def _output_only(text: str) -> int:
+    """Print the output of an option whose only job it is (``--find``,
+    ``--version``, ``--help``): exit 1 when it could not be written."""
+    if write("stdout", text):
+        return EXIT_OK
+    say_error(f"could not write to standard output: {lost['stdout']}")
+    return EXIT_FAILED
 
 
 def _main(argv: Sequence[str]) -> int:
     try:
         try:
             options = _parse(argv)
-        except _Exit as exit:
-            return exit.code
+        except _Print as done:
+            return _output_only(done.text)
         except _UsageError as error:
-            _error(str(error))
+            say_error(str(error))
             return EXIT_USAGE
         if options.find:
             return _find()
@@ -882,18 +845,15 @@ def _main(argv: Sequence[str]) -> int:
         if outcomes is not None:
             code = _report(outcomes, None, options)
         else:
-            if options.timeout is not None:  # the quick look counts
-                spent = time.monotonic() - started
-                options.timeout = max(options.timeout - spent, 0.0)
-            code = _wait(options).report(options)
+            code = _wait(options, time.monotonic() - started).report(options)
         if code or options.command is None:
             return code
-        return _run(options.command)
+        return run(options.command)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        write("stderr", f"{PROG}: interrupted\n")
         return 130
     except Exception as error:
-        _error(f"unexpected error: {_describe(error)}")
+        say_error(f"unexpected error: {describe(error)}")
         return EXIT_INTERNAL
 
 
@@ -904,11 +864,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     A wait runs the global reactor (which can run only once in a process, and
     not from inside a running one) and begins Twisted's global logging with an
-    observer that discards events, as a command line owns its process.
+    observer that discards events, as a command line owns its process. With
+    ``-- COMMAND`` on POSIX, the process becomes the command: this does not
+    return then.
 
     :param argv: the arguments, without the program name; ``sys.argv[1:]``
         by default.
     """
-    code = _main(sys.argv[1:] if argv is None else argv)
+    lost.clear()
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        silence_lost_streams()
     if code:
         raise SystemExit(code)
