@@ -25,8 +25,7 @@ from typing import Any
 
 import pytest
 
-from txportend import cli
-from txportend._hostport import is_loopback
+from txportend import Outcome, cli
 
 from .fakes import accept, memory_reactor, refuse
 
@@ -1072,25 +1071,38 @@ def test_main_returns_none_when_already_free_with_json(
     assert (record["target"], record["state"]) == (f"0.0.0.0:{closed}", "free")
 
 
-def test_the_quick_look_judges_each_address_on_its_own(
-    listening: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("answer", "want", "decided"),
+    [
+        ("ACCEPTED", "occupied", True),
+        ("ACCEPTED", "free", False),
+        ("REFUSED", "free", True),
+        ("UNREACHABLE", "free", True),  # ::1 where IPv6 is off: nothing there
+        ("REFUSED", "occupied", False),
+        (None, "occupied", False),  # an answer still coming: the core decides
+    ],
+)
+def test_the_quick_look_makes_the_one_judgement(
+    answer: str | None, want: str, decided: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``localhost`` as ::1 and 127.0.0.1 on a machine without IPv6: the
-    address that can't be tried says nothing of the one that accepts."""
-    from txportend import _sockets
+    from txportend import _result
 
-    real = _sockets.connect_now
+    outcome = None if answer is None else getattr(Outcome, answer)
+    monkeypatch.setattr(_result, "connect_now", lambda address, port: outcome)
+    outcomes = cli._already(cli._parse(["127.0.0.1:80", want]))
+    assert (outcomes is not None) == decided
 
-    def no_ipv6(address: str, port: int) -> Any:
-        if ":" in address:
-            raise OSError(errno.EAFNOSUPPORT, "Address family not supported")
-        return real(address, port)
 
-    monkeypatch.setattr(cli, "_loopback_addresses", lambda h, p: ["::1", "127.0.0.1"])
-    monkeypatch.setattr(_sockets, "connect_now", no_ipv6)
-    options = cli._parse([f"localhost:{listening}", "occupied"])
-    outcomes = cli._already(options)
-    assert outcomes is not None and [o.state for o in outcomes] == ["occupied"]
+def test_the_quick_look_leaves_this_machines_errors_to_the_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from txportend import _result
+
+    def no_fds(address: str, port: int) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(_result, "connect_now", no_fds)
+    assert cli._already(cli._parse(["127.0.0.1:80", "free"])) is None
 
 
 def run_python(code: str) -> str:
@@ -1123,31 +1135,52 @@ def test_a_target_not_there_yet_is_waited_on_by_the_core(closed: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("host", "expected"),
+    ("host", "tried"),
     [
-        ("127.0.0.1", ["127.0.0.1"]),
-        ("127.1.2.3", ["127.1.2.3"]),
-        ("0.0.0.0", ["127.0.0.1"]),
-        ("::1", ["::1"]),
-        ("::", ["::1"]),
-        ("0:0:0:0:0:0:0:1", ["0:0:0:0:0:0:0:1"]),
-        ("192.0.2.1", None),
-        ("2001:db8::1", None),
-        ("::ffff:127.0.0.1", None),
-        ("db.example", None),  # never looked up
+        ("127.0.0.1", "127.0.0.1"),
+        ("127.1.2.3", "127.1.2.3"),
+        ("0.0.0.0", "127.0.0.1"),
+        ("[::1]", "::1"),
+        ("[::]", "::1"),
+        ("[0:0:0:0:0:0:0:1]", "0:0:0:0:0:0:0:1"),
     ],
 )
-def test_only_loopback_targets_get_the_quick_look(
-    host: str, expected: list[str] | None
+def test_loopback_literals_get_the_quick_look(
+    host: str, tried: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert cli._loopback_addresses(host, 80) == expected
+    from txportend import _result
+
+    seen: list[str] = []
+
+    def accept(address: str, port: int) -> Any:
+        seen.append(address)
+        return Outcome.ACCEPTED
+
+    monkeypatch.setattr(_result, "connect_now", accept)
+    assert cli._already(cli._parse([f"{host}:80", "occupied"])) is not None
+    assert seen == [tried]
 
 
-def test_localhost_gets_the_quick_look_when_it_is_loopback() -> None:
-    addresses = cli._loopback_addresses("localhost", 80)
-    if addresses is not None:
-        assert addresses
-        assert all(map(is_loopback, addresses))
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "db.example", "192.0.2.1", "[2001:db8::1]", "[::ffff:127.0.0.1]"],
+)
+def test_names_and_other_addresses_are_left_to_the_core(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No lookup and no connection attempt before Twisted: a name (even
+    localhost) is resolved by the core's resolver, and an address elsewhere
+    would get a half-made attempt."""
+    import socket as sockets
+
+    from txportend import _result
+
+    def never(*args: object) -> Any:
+        raise AssertionError("no lookup and no connection in the quick look")
+
+    monkeypatch.setattr(_result, "connect_now", never)
+    monkeypatch.setattr(sockets, "getaddrinfo", never)
+    assert cli._already(cli._parse([f"{host}:80", "occupied"])) is None
 
 
 def test_main_does_not_run_inside_a_running_reactor(
@@ -1295,3 +1328,73 @@ def test_ctrl_c_while_the_command_line_is_imported() -> None:
         timeout=LIMIT,
     )
     assert (result.returncode, result.stderr) == (130, "txportend: interrupted\n")
+
+
+# -- names that hang, and --find through a portserver --------------------------------
+
+HANGING_LOOKUP = """\
+import socket, sys, threading
+def hang(*args, **kwargs):
+    threading.Event().wait()  # a DNS server that never answers
+socket.getaddrinfo = hang
+from txportend import cli
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_lookup_that_hangs_does_not_hold_up_the_exit() -> None:
+    """-t 0.5 on a name whose lookup never finishes: the timeout, with a
+    message saying the lookup did not finish, and the process ends (the
+    lookup thread is not waited for; were it, this would never return)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            HANGING_LOOKUP,
+            "slow.example:80",
+            "occupied",
+            "-t",
+            "0.5",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Port 80 not bound on slow.example."
+        " The lookup of slow.example did not finish.\n"
+    )
+
+
+@needs_posix
+def test_find_asks_the_portserver_when_one_is_set() -> None:
+    from .test_portserver import SERVER, unique_address
+
+    address = unique_address()
+    base = 23000 + (os.getpid() % 100) * 10
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, address, f"{base}-{base + 9}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline() == "ready\n"
+        env = dict(os.environ, PORTSERVER_ADDRESS=address)
+        found = subprocess.run(
+            command("--find"), capture_output=True, text=True, timeout=LIMIT, env=env
+        )
+        assert (found.returncode, found.stderr) == (0, "")
+        assert base <= int(found.stdout) <= base + 9
+        env["PORTSERVER_ADDRESS"] = unique_address()  # nothing there
+        missing = subprocess.run(
+            command("--find"), capture_output=True, text=True, timeout=LIMIT, env=env
+        )
+        assert missing.returncode == 1 and missing.stdout == ""
+        one_error_line(missing.stderr)
+    finally:
+        server.terminate()
+        server.communicate(timeout=LIMIT)

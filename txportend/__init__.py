@@ -5,21 +5,21 @@ Every function here returns a :class:`~twisted.internet.defer.Deferred` and
 takes an optional ``reactor``; see :mod:`txportend.blocking` for the
 portend-compatible blocking API.
 
-The names that need Twisted are imported on first use (PEP 562), so that
-``python -m txportend`` can answer without importing Twisted when it doesn't
-have to.
+Every name is imported on first use (PEP 562): ``python -m txportend`` can
+answer without importing Twisted when it doesn't have to, and importing the
+package runs almost no code (a Ctrl-C in that window would be a traceback).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
-from ._errors import HostNotFound, PortNotFree, PortServerError, Timeout
-from ._hostport import HostPort, client_host
-from ._version import __version__
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
+    from ._errors import HostNotFound, PortNotFree, PortServerError, Timeout
+    from ._hostport import HostPort, client_host
     from ._monitor import Change, LastProbe, Monitor
     from ._pacing import Pacing
     from ._portclient import request_port
@@ -35,9 +35,17 @@ if TYPE_CHECKING:
     from ._reactor import IPortendReactor as IPortendReactor
     from ._result import State
     from ._schedule import default_interval
+    from ._version import __version__
     from ._wait import Checker, assert_free, free, occupied
 
 _LAZY = {
+    "HostNotFound": "._errors",
+    "PortNotFree": "._errors",
+    "PortServerError": "._errors",
+    "Timeout": "._errors",
+    "HostPort": "._hostport",
+    "client_host": "._hostport",
+    "__version__": "._version",
     "Change": "._monitor",
     "LastProbe": "._monitor",
     "Monitor": "._monitor",

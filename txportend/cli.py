@@ -105,7 +105,6 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from ._reactor import IPortendReactor
-    from ._sockets import Outcome
 
 __all__ = ["main"]
 
@@ -625,27 +624,26 @@ def _already(options: _Options) -> list[_Outcome] | None:
 
     Start-up time matters most when the port is already in the wanted state
     (a script checking a service that is up). This looks only at loopback
-    targets (address literals, bind addresses and ``localhost``), where a
-    connection is accepted or refused at once, and decides only when every
-    target is there: occupied when some address accepts a connection, free
-    when every address refuses one. In any other case it returns ``None`` and
-    the Deferred core does the waiting.
+    address literals and bind addresses, where the kernel answers within
+    ``connect()``, with the core's own probe
+    (:func:`txportend._result.probe_now`) and its one judgement
+    (:attr:`txportend.ProbeResult.state`); it decides only when every target
+    is there. In any other case (a name, even ``localhost``, an answer still
+    coming, an error of this machine) it returns ``None`` and the Deferred
+    core does the waiting.
     """
-    from ._sockets import Outcome
+    from ._hostport import client_host, is_loopback
+    from ._result import probe_now
 
     started = time.monotonic()
     for _, host, port in options.targets:
-        addresses = _loopback_addresses(host, port)
-        if addresses is None:
-            return None
-        # The core's own start of a probe, with no waiting; one address this
-        # machine can't try (no IPv6 here, say) says nothing of the others.
-        seen = [_look(address, port) for address in addresses]
-        if options.want == "occupied":
-            there = Outcome.ACCEPTED in seen
-        else:
-            there = all(outcome is Outcome.REFUSED for outcome in seen)
-        if not there:
+        if not is_loopback(client_host(host)):
+            return None  # a name, or an address elsewhere: no half-made tries
+        try:
+            result = probe_now(host, port)
+        except (OSError, UnicodeError):
+            return None  # the core says what it is, if it comes to that
+        if result is None or result.state.value != options.want:
             return None
     seconds = time.monotonic() - started
     outcomes = []
@@ -655,46 +653,6 @@ def _already(options: _Options) -> list[_Outcome] | None:
         outcome.seconds = seconds
         outcomes.append(outcome)
     return outcomes
-
-
-def _look(address: str, port: int) -> Outcome | None:
-    """``connect_now``, with this machine's errors as no answer: the core
-    says what they are, if it comes to that."""
-    from ._sockets import connect_now
-
-    try:
-        return connect_now(address, port)
-    except (OSError, UnicodeError):
-        return None
-
-
-def _loopback_addresses(host: str, port: int) -> list[str] | None:
-    """
-    The addresses the core would probe for ``host``, if all are loopback
-    addresses; else ``None``. Only ``localhost`` is looked up (from the hosts
-    file, in practice: no network and no waiting).
-    """
-    import socket
-
-    from ._hostport import client_host, is_loopback
-
-    host = client_host(host)
-    if host == "localhost":
-        try:
-            found = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-        except OSError:
-            return None
-        addresses: list[str] = []
-        for family, _, _, _, address in found:
-            if family in (socket.AF_INET, socket.AF_INET6):
-                literal = str(address[0])
-                if literal not in addresses:
-                    addresses.append(literal)
-    else:
-        addresses = [host]
-    if addresses and all(map(is_loopback, addresses)):
-        return addresses
-    return None
 
 
 def _signal_name(signum: int) -> str:
@@ -737,6 +695,11 @@ def _react(start: Callable[[IReactorCore], Deferred[None]]) -> None:
     failures: list[Failure] = []
 
     def main(reactor: IReactorCore) -> Deferred[None]:
+        from ._resolver import install
+
+        # Lookups in threads that nothing joins: the process exits when the
+        # waits are done, never held up by a name that hangs.
+        install(reactor)  # type: ignore[arg-type]
         return maybeDeferred(start, reactor).addErrback(failures.append)
 
     try:
@@ -799,17 +762,35 @@ def _wait(options: _Options, spent: float) -> _Waits:
 
 
 def _find() -> int:
-    """Print a free local port."""
+    """
+    Print a port to use: from the portserver at ``PORTSERVER_ADDRESS`` when
+    it is set (reserved for the process that ran this one, as portpicker's
+    command line does), else one nothing is bound to now.
+    """
     found: list[int] = []
+    address = os.environ.get("PORTSERVER_ADDRESS")
 
     def start(reactor: IReactorCore) -> Deferred[None]:
+        if address:
+            from ._portclient import request_port
+
+            # This process ends at once: the port is held for its parent.
+            asked = request_port(address, pid=os.getppid(), reactor=reactor)  # type: ignore[arg-type]
+            return asked.addCallback(found.append)
         from ._probe import find_available_local_port
 
         return find_available_local_port(reactor=reactor).addCallback(  # type: ignore[arg-type]
             found.append
         )
 
-    _react(start)
+    try:
+        _react(start)
+    except ValueError as error:  # a PORTSERVER_ADDRESS that is no address
+        say_error(f"PORTSERVER_ADDRESS: {error}")
+        return EXIT_USAGE
+    except OSError as error:  # txportend.PortServerError, CannotListenError
+        say_error(describe(error))
+        return EXIT_FAILED
     return _output_only(f"{found[0]}\n")
 
 
