@@ -408,7 +408,7 @@ def test_keyboard_interrupt_exits_130(
     with pytest.raises(SystemExit) as raised:
         cli.main(["--find"])
     assert raised.value.code == 130
-    assert one_error_line(capsys.readouterr().err) == "txportend: interrupted"
+    assert one_error_line(capsys.readouterr().err) == "txportend: interrupted by SIGINT"
 
 
 def test_plain_seconds_do_not_import_the_duration_parser() -> None:
@@ -521,14 +521,18 @@ def test_command_killed_by_a_signal_ends_txportend_alike(listening: int) -> None
     assert result.returncode == -signal.SIGKILL
 
 
+# The handler writes with os.write, not print: a signal that lands while the
+# main code is still inside print('ready') (the test reads the line and
+# signals at once) would make print() re-enter sys.stdout's buffer, which
+# raises "reentrant call" and loses the line (a test that failed at random).
 RECEIVER = f"""\
 import os, signal, sys, time
 def handle(signum, frame):
-    print('got', signal.Signals(signum).name, flush=True)
-    sys.exit(42)
+    os.write(1, b'got ' + signal.Signals(signum).name.encode() + b'\\n')
+    os._exit(42)
 for name in ('SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT'):
     signal.signal(getattr(signal, name), handle)
-print('ready', os.getpid(), flush=True)
+os.write(1, b'ready ' + str(os.getpid()).encode() + b'\\n')
 for _ in range({LIMIT} * 10):
     time.sleep(0.1)
 sys.exit(5)
@@ -1327,7 +1331,10 @@ def test_ctrl_c_while_the_command_line_is_imported() -> None:
         text=True,
         timeout=LIMIT,
     )
-    assert (result.returncode, result.stderr) == (130, "txportend: interrupted\n")
+    assert (result.returncode, result.stderr) == (
+        130,
+        "txportend: interrupted by SIGINT\n",
+    )
 
 
 # -- names that hang, and --find through a portserver --------------------------------

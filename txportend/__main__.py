@@ -19,12 +19,17 @@ def main() -> None:
     :raises SystemExit: with the exit code, unless it is 0.
     """
     try:
-        from txportend.cli import main as run  # a Ctrl-C here is caught below
+        # First: from here on SIGINT and SIGTERM are recorded, not raised
+        # wherever they land (see txportend._cli_signals).
+        from txportend._cli_signals import latch
+
+        latch.install()
+        from txportend.cli import main as run
 
         run()
     except KeyboardInterrupt:
         try:
-            sys.stderr.write("txportend: interrupted\n")
+            sys.stderr.write("txportend: interrupted by SIGINT\n")
             sys.stderr.flush()
         except (AttributeError, OSError, ValueError):
             pass

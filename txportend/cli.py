@@ -77,7 +77,6 @@ only on the paths that need them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
@@ -93,6 +92,7 @@ from ._cli_output import (
     silence_lost_streams,
     write,
 )
+from ._cli_signals import latch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -718,8 +718,6 @@ def _wait(options: _Options, spent: float) -> _Waits:
     """
     import signal
 
-    signals = [signal.SIGINT, signal.SIGTERM]
-    original = {signum: signal.getsignal(signum) for signum in signals}
     progress = sys.stderr if not options.quiet and _isatty(sys.stderr) else None
     made: list[_Waits] = []
 
@@ -728,14 +726,16 @@ def _wait(options: _Options, spent: float) -> _Waits:
         made.append(waits)
         threads = reactor
 
-        def interrupted(signum: int, frame: object) -> None:
-            threads.callFromThread(waits.interrupt, signum)  # type: ignore[attr-defined]
-
         def begin() -> None:
-            # After the reactor's own handlers, which would just stop it.
-            with contextlib.suppress(ValueError):  # not the main thread
-                for signum in signals:
-                    signal.signal(signum, interrupted)
+            # Take the signals back from the reactor's own handlers, which
+            # would just stop it; one that came before is the waits' now.
+            latch.install()
+            if latch.caught is not None:
+                waits.interrupt(latch.caught)
+                return
+            latch.deliver_to(
+                lambda signum: threads.callFromThread(waits.interrupt, signum)  # type: ignore[attr-defined]
+            )
             try:
                 waits.start()
             except Exception as error:
@@ -755,9 +755,8 @@ def _wait(options: _Options, spent: float) -> _Waits:
     try:
         _react(start)
     finally:
-        with contextlib.suppress(ValueError):  # not the main thread
-            for signum, handler in original.items():
-                signal.signal(signum, handler)
+        latch.deliver_to(None)
+        latch.install()  # back from the reactor's handlers
     return made[0]
 
 
@@ -791,6 +790,8 @@ def _find() -> int:
     except OSError as error:  # txportend.PortServerError, CannotListenError
         say_error(describe(error))
         return EXIT_FAILED
+    if not found:  # a signal stopped the reactor first
+        return _interrupted(latch.caught if latch.caught is not None else 2)
     return _output_only(f"{found[0]}\n")
 
 
@@ -821,21 +822,32 @@ def _main(argv: Sequence[str]) -> int:
             return EXIT_USAGE
         if options.find:
             return _find()
+        if latch.caught is not None:
+            return _interrupted(latch.caught)
         started = time.monotonic()
         outcomes = _already(options)
         if outcomes is not None:
+            if latch.caught is not None:
+                return _interrupted(latch.caught)
             code = _report(outcomes, None, options)
         else:
             code = _wait(options, time.monotonic() - started).report(options)
         if code or options.command is None:
             return code
+        if latch.caught is not None:  # after the wait, before the command
+            return _interrupted(latch.caught)
         return run(options.command)
     except KeyboardInterrupt:
-        write("stderr", f"{PROG}: interrupted\n")
-        return 130
+        return _interrupted(2)
     except Exception as error:
         say_error(f"unexpected error: {describe(error)}")
         return EXIT_INTERNAL
+
+
+def _interrupted(signum: int) -> int:
+    """Stopped by signal ``signum`` before any wait ran: one line."""
+    write("stderr", f"{PROG}: interrupted by {_signal_name(signum)}\n")
+    return 128 + signum
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -853,9 +865,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         by default.
     """
     lost.clear()
+    latch.install()
     try:
         code = _main(sys.argv[1:] if argv is None else argv)
     finally:
+        latch.restore()
         silence_lost_streams()
     if code:
         raise SystemExit(code)
