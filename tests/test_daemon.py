@@ -384,6 +384,47 @@ def test_the_portserver_hands_portpicker_processes_distinct_ports(
     assert messages[-1].endswith("Server Shut Down.")
 
 
+@pytest.mark.parametrize("runner", ["twistd", "twist"])
+def test_a_path_that_is_not_a_socket_ends_it_with_one_line(
+    tmp_path: Path, runner: str
+) -> None:
+    """twistd logs the line (its log runs by then); twist, whose log begins
+    later, prints it on standard error. Either way: exit 1, no traceback."""
+    script = twistd()
+    if runner == "twist":
+        script = str(Path(script).with_name("twist"))
+        if not Path(script).exists():
+            pytest.skip("no twist script beside twistd")
+    (tmp_path / "not-a-socket").write_text("")
+    args = ["-n", "--pidfile="] if runner == "twistd" else []
+    done = subprocess.run(
+        [
+            script,
+            *args,
+            "portend",
+            "--portserver",
+            "not-a-socket",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        cwd=tmp_path,
+        timeout=PATIENCE,
+    )
+    line = "portend: error: portserver: not-a-socket exists and is not a socket."
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    if runner == "twist":
+        assert (done.stdout, done.stderr) == ("", line + "\n")
+    else:
+        errors = [x for x in done.stdout.splitlines() if "error" in x]
+        assert len(errors) == 1 and errors[0].endswith(f"#error] {line}")
+        assert done.stderr == ""
+    assert (tmp_path / "not-a-socket").read_text() == ""
+
+
 # The soak.
 
 

@@ -506,3 +506,55 @@ def test_a_portserver_that_cannot_start_is_one_logged_line_and_exit_1(
     assert errors == [f"portend: error: portserver: {path} exists and is not a socket."]
     assert path.read_text() == ""  # left alone
     assert reactor.tcpServers == []
+
+
+def test_under_twist_a_portserver_that_cannot_start_is_one_line_on_stderr(
+    tmp_path: Path,
+) -> None:
+    """twist calls startService only, before its log begins: the line is
+    SystemExit's message, which Python prints on standard error."""
+    path = tmp_path / "not-a-socket"
+    path.write_text("")
+    service = makeService(
+        parsed("--portserver", str(path)), reactor=_InUse(memory_reactor())
+    )
+    with capturedLogs() as events, pytest.raises(SystemExit) as raised:
+        service.startService()
+    assert raised.value.code == (
+        f"portend: error: portserver: {path} exists and is not a socket."
+    )
+    assert not [e for e in events if e["log_level"].name == "error"]
+
+
+class _TCPInUse:
+    """A memory reactor whose listenTCP finds the port in use."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(self, port: int, *args: Any, **kw: Any) -> Any:
+        raise CannotListenError("127.0.0.1", port, OSError(errno.EADDRINUSE, "in use"))
+
+
+@pytest.mark.parametrize("twistd", [True, False])
+def test_an_endpoint_it_cannot_listen_on_ends_it_with_one_line(twistd: bool) -> None:
+    """Under twistd (a privileged start first) the line is logged; under
+    twist (startService only) it is SystemExit's message."""
+    service = makeService(
+        parsed("--watch", "127.0.0.1:8080", "--listen", "tcp:9999"),
+        reactor=_TCPInUse(memory_reactor()),
+    )
+    line = "portend: error: cannot listen on tcp:9999: [Errno 98] in use"
+    with capturedLogs() as events, pytest.raises(SystemExit) as raised:
+        if twistd:
+            service.privilegedStartService()
+        service.startService()
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    if twistd:
+        assert (raised.value.code, errors) == (1, [line])
+    else:
+        assert (raised.value.code, errors) == (line, [])
+    service.stopService()

@@ -13,7 +13,7 @@ each ``--listen`` endpoint.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -225,23 +225,42 @@ class _Listening(StreamServerEndpointService):
     """
     The web site on one endpoint, as :func:`twisted.application.strports.service`
     makes it (listening fails at start-up, not later), but an endpoint it
-    cannot listen on ends twistd with one logged line and exit code 1, not a
-    traceback.
+    cannot listen on ends the program with one line and exit code 1, not a
+    traceback (see :func:`_cannot_start`).
     """
 
     _raiseSynchronously = True
     description = ""
 
     def privilegedStartService(self) -> None:
+        self._start_or_exit(under_twistd=True)
+
+    def startService(self) -> None:
+        if self._waitingForPort is None:  # twist: no privileged start
+            self._start_or_exit(under_twistd=False)
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def _start_or_exit(self, *, under_twistd: bool) -> None:
         try:
             super().privilegedStartService()  # type: ignore[no-untyped-call]
         except CannotListenError as error:
-            log.error(
-                "portend: error: cannot listen on {endpoint}: {reason}",
-                endpoint=self.description,
-                reason=error.socketError,
-            )
-            raise SystemExit(1) from None
+            reason = f"cannot listen on {self.description}: {error.socketError}"
+            _cannot_start(reason, under_twistd=under_twistd)
+
+
+def _cannot_start(reason: str, *, under_twistd: bool) -> NoReturn:
+    """
+    End the program, exit code 1, with one line: ``portend: error: REASON``.
+
+    twistd starts the services' privileged part once its log runs (and it may
+    have left the terminal): the line goes to the log. ``twist`` starts them
+    before its log begins, which would never show the line: it goes to
+    standard error, as a wrong option's does.
+    """
+    if under_twistd:
+        log.error("portend: error: {reason}", reason=reason)
+        raise SystemExit(1)
+    raise SystemExit(f"portend: error: {reason}")
 
 
 def _portserver(spec: PortServerSpec, reactor: IPortendReactor) -> PortServer:
@@ -257,20 +276,22 @@ class _PortServing(PortServer):
     """
     The daemon's portserver: it listens as twistd starts, with the web
     site's endpoints, so that an address it cannot serve on (another
-    server's, a path that is not a socket) ends twistd with one logged line
-    and exit code 1, not a traceback.
+    server's, a path that is not a socket) ends the program with one line
+    and exit code 1, not a traceback (see :func:`_cannot_start`).
     """
 
     def privilegedStartService(self) -> None:
+        self._start_or_exit(under_twistd=True)
+
+    def startService(self) -> None:
+        if not self.running:  # twist: no privileged start
+            self._start_or_exit(under_twistd=False)
+
+    def _start_or_exit(self, *, under_twistd: bool) -> None:
         try:
             super().startService()
         except CannotServe as error:
-            log.error("portend: error: portserver: {reason}", reason=str(error))
-            raise SystemExit(1) from None
-
-    def startService(self) -> None:
-        if not self.running:  # not already started by privilegedStartService
-            super().startService()
+            _cannot_start(f"portserver: {error}", under_twistd=under_twistd)
 
 
 def _site(
