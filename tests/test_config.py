@@ -19,6 +19,7 @@ from txportend._config import (
     CommandLine,
     ConfigError,
     Plan,
+    PortServerSpec,
     TargetSpec,
     plan,
 )
@@ -108,6 +109,47 @@ def test_a_file_with_no_targets_is_valid(tmp_path: Path) -> None:
     [
         ("colour = 1\n", "colour: unknown key (expected one of listen, interval"),
         (
+            '[portserver]\naddress = "@p"\nadress = "@q"\n',
+            "[portserver] adress: unknown key (expected one of address, pool, "
+            "allow_other_users)",
+        ),
+        ('[portserver]\npool = "1-5"\n', "[portserver] address: missing (the"),
+        (
+            "[portserver]\naddress = 5\n",
+            "[portserver] address: must be a string (@NAME or a path), not an "
+            "integer 5",
+        ),
+        (
+            '[portserver]\naddress = "@"\n',
+            "[portserver] address: Portserver address '@' is empty.",
+        ),
+        (
+            '[portserver]\naddress = "@p"\npool = "20-10"\n',
+            "[portserver] pool: Port range '20-10' starts above its end.",
+        ),
+        (
+            '[portserver]\naddress = "@p"\npool = ["1-5", "5-9"]\n',
+            "[portserver] pool: Port ranges '1-5' and '5-9' overlap.",
+        ),
+        (
+            '[portserver]\naddress = "@p"\npool = []\n',
+            "[portserver] pool: must be port ranges",
+        ),
+        (
+            '[portserver]\naddress = "@p"\npool = 15000\n',
+            '[portserver] pool: must be port ranges ("15000-24999,30000-30099") '
+            "or a non-empty list of them, not an integer 15000",
+        ),
+        (
+            '[portserver]\naddress = "@p"\nallow_other_users = "yes"\n',
+            "[portserver] allow_other_users: must be true or false, not a string 'yes'",
+        ),
+        ('portserver = "@p"\n', "portserver: must be a [portserver] table, not a"),
+        (
+            '[[portserver]]\naddress = "@p"\n',
+            "portserver: must be a [portserver] table, not an array",
+        ),
+        (
             '[[target]]\naddress = "a:1"\nintervall = 5\n',
             "[[target]] 1: intervall: unknown key (expected one of address",
         ),
@@ -159,6 +201,61 @@ def test_a_bad_file_is_one_line_naming_file_key_and_problem(
         plan(CommandLine(config=path))
     assert str(raised.value).startswith(f"{path}: {message}")
     assert "\n" not in str(raised.value)
+
+
+def test_the_portserver_table(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[portserver]\naddress = "/run/ports.sock"\n'
+        'pool = ["20000-20001", "20005"]\nallow_other_users = true\n',
+    )
+    assert plan(CommandLine(config=path)) == Plan(
+        DEFAULT_LISTEN,
+        (),
+        PortServerSpec("/run/ports.sock", (20000, 20001, 20005), True),
+    )
+    path = write(tmp_path, '[portserver]\naddress = "@p"\npool = "20000-20001,20005"\n')
+    assert plan(CommandLine(config=path)).portserver == PortServerSpec(
+        "@p", (20000, 20001, 20005), False
+    )
+
+
+def test_the_portserver_table_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, '[portserver]\naddress = "@p"\n')
+    spec = plan(CommandLine(config=path)).portserver
+    assert spec == PortServerSpec("@p", tuple(range(15000, 25000)), False)
+    assert plan(CommandLine(config=write(tmp_path, ""))).portserver is None
+
+
+def test_the_command_line_replaces_the_portserver_table_key_by_key(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, '[portserver]\naddress = "@file"\npool = "20000"\n')
+    assert plan(
+        CommandLine(config=path, portserver="@cli")
+    ).portserver == PortServerSpec("@cli", (20000,), False)
+    assert plan(
+        CommandLine(config=path, portserver_pool=(30000, 30001))
+    ).portserver == PortServerSpec("@file", (30000, 30001), False)
+    assert plan(
+        CommandLine(config=path, portserver_allow_other_users=True)
+    ).portserver == PortServerSpec("@file", (20000,), True)
+
+
+def test_the_command_line_gives_the_address_a_table_lacks(tmp_path: Path) -> None:
+    path = write(tmp_path, '[portserver]\npool = "20000"\n')
+    assert plan(
+        CommandLine(config=path, portserver="@cli")
+    ).portserver == PortServerSpec("@cli", (20000,), False)
+
+
+def test_a_bad_portserver_table_is_refused_even_where_the_command_line_replaces_it(
+    tmp_path: Path,
+) -> None:
+    """Input is taken as documented or refused, never silently dropped."""
+    path = write(tmp_path, '[portserver]\naddress = "@p"\npool = "20-10"\n')
+    with pytest.raises(ConfigError, match="pool: Port range '20-10' starts above"):
+        plan(CommandLine(config=path, portserver_pool=(30000,)))
 
 
 def test_a_watch_that_repeats_a_files_target_is_refused(tmp_path: Path) -> None:
@@ -319,4 +416,46 @@ def test_reload_warns_that_listen_changes_wait_for_a_restart(tmp_path: Path) -> 
         "The listening endpoints changed: they take effect on restart"
     )
     assert watchlist.reload_successful
+    watchlist.stopService()
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("", '[portserver]\naddress = "@p"\n'),
+        ('[portserver]\naddress = "@p"\n', ""),
+        ('[portserver]\naddress = "@p"\n', '[portserver]\naddress = "@q"\n'),
+        (
+            '[portserver]\naddress = "@p"\n',
+            '[portserver]\naddress = "@p"\npool = "1"\n',
+        ),
+        (
+            '[portserver]\naddress = "@p"\n',
+            '[portserver]\naddress = "@p"\nallow_other_users = true\n',
+        ),
+    ],
+)
+def test_reload_warns_that_portserver_changes_wait_for_a_restart(
+    tmp_path: Path, before: str, after: str
+) -> None:
+    path = write(tmp_path, before)
+    _, watchlist = watching(path)
+    write(tmp_path, after + '[[target]]\naddress = "127.0.0.1:1"\n')
+    with capturedLogs() as events:
+        watchlist.reload()
+    assert [formatEvent(e) for e in events][-2:] == [
+        "Configuration reloaded: 1 added, 0 removed, 0 changed, 0 unchanged",
+        "The portserver's settings changed: they take effect on restart",
+    ]
+    assert addresses(watchlist) == ["127.0.0.1:1"]  # the rest did apply
+    assert watchlist.reload_successful
+    watchlist.stopService()
+
+
+def test_reload_with_the_same_portserver_says_nothing_of_it(tmp_path: Path) -> None:
+    path = write(tmp_path, '[portserver]\naddress = "@p"\npool = "20000-20009"\n')
+    _, watchlist = watching(path)
+    with capturedLogs() as events:
+        watchlist.reload()
+    assert [e["log_level"].name for e in events] == ["info"]
     watchlist.stopService()

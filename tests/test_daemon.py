@@ -1,8 +1,9 @@
 """
 The daemon for real: ``twistd -n portend`` as a subprocess on loopback (its
 start-up errors, a change read from its log and from ``/status``, a reload on
-SIGHUP, a clean stop on SIGTERM/SIGINT), and a soak of flapping targets on
-the test's own reactor.
+SIGHUP, a clean stop on SIGTERM/SIGINT, its portserver serving portpicker's
+clients in other processes), and a soak of flapping targets on the test's own
+reactor.
 
 The soak's size comes from the environment: ``TXPORTEND_SOAK_TARGETS``
 (default 50) and ``TXPORTEND_SOAK_SECONDS`` (default 5); ``tox -e soak`` runs
@@ -298,6 +299,130 @@ def test_sigint_stops_it_cleanly(tmp_path: Path, daemons: list[Daemon]) -> None:
     assert "[twisted.internet.base#info] Received SIGINT, shutting down." in messages
     assert messages[-1].endswith("Server Shut Down.")
     assert not [m for m in messages if "Traceback" in m or "#error]" in m]
+
+
+# The portserver.
+
+
+def test_the_portserver_hands_portpicker_processes_distinct_ports(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """``twistd -n portend --portserver @...``: real processes calling
+    ``portpicker.pick_unused_port()`` with PORTSERVER_ADDRESS set get
+    distinct ports, /status counts them, and a second daemon on the same
+    address stops with one line."""
+    from .test_portserver import CLIENT, unique_address
+
+    address = unique_address()
+    base = 23000 + (os.getpid() % 50) * 20
+    daemon = Daemon(
+        "--portserver",
+        address,
+        "--portserver-pool",
+        f"{base}-{base + 19}",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        cwd=tmp_path,
+    )
+    daemons.append(daemon)
+    daemon.wait_for(rf"Portserver on {re.escape(address)}, handing out 20 ports\.$", 0)
+    http = int(daemon.wait_for(r"Site starting on \d+$", 0).rsplit(" ", 1)[1])
+
+    env = {**environment(), "PORTSERVER_ADDRESS": address}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(6)
+    ]
+    try:
+        ports = [int(c.stdout.readline()) for c in children]  # type: ignore[union-attr]
+        assert len(set(ports)) == 6
+        assert all(base <= p < base + 20 for p in ports)
+        assert get_status(http)["portserver"] == {
+            "address": address,
+            "ports_managed": 20,
+            "ports_allocated": 6,  # the children live, holding them
+            "requests_served": 6,
+            "requests_denied": 0,
+            "bad_requests": 0,
+        }
+
+        second = subprocess.run(
+            [
+                *(twistd(), "-n", "--pidfile=", "portend"),
+                *("--portserver", address, "--listen", "tcp:0:interface=127.0.0.1"),
+            ],
+            capture_output=True,
+            text=True,
+            env=environment(),
+            cwd=tmp_path,
+            timeout=PATIENCE,
+        )
+    finally:
+        for c in children:
+            c.communicate("", timeout=PATIENCE)
+    assert all(c.returncode == 0 for c in children)
+    assert second.returncode == 1
+    output = second.stdout + second.stderr
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert errors[0].endswith(
+        f"[txportend.tap#error] portend: error: portserver: "
+        f"Another server is listening on {address}."
+    )
+
+    assert daemon.stop(signal.SIGTERM) == -signal.SIGTERM
+    messages = log_messages(daemon.lines)
+    assert not [m for m in messages if "Traceback" in m or "#error]" in m]
+    assert messages[-1].endswith("Server Shut Down.")
+
+
+@pytest.mark.parametrize("runner", ["twistd", "twist"])
+def test_a_path_that_is_not_a_socket_ends_it_with_one_line(
+    tmp_path: Path, runner: str
+) -> None:
+    """twistd logs the line (its log runs by then); twist, whose log begins
+    later, prints it on standard error. Either way: exit 1, no traceback."""
+    script = twistd()
+    if runner == "twist":
+        script = str(Path(script).with_name("twist"))
+        if not Path(script).exists():
+            pytest.skip("no twist script beside twistd")
+    (tmp_path / "not-a-socket").write_text("")
+    args = ["-n", "--pidfile="] if runner == "twistd" else []
+    done = subprocess.run(
+        [
+            script,
+            *args,
+            "portend",
+            "--portserver",
+            "not-a-socket",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        cwd=tmp_path,
+        timeout=PATIENCE,
+    )
+    line = "portend: error: portserver: not-a-socket exists and is not a socket."
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    if runner == "twist":
+        assert (done.stdout, done.stderr) == ("", line + "\n")
+    else:
+        errors = [x for x in done.stdout.splitlines() if "error" in x]
+        assert len(errors) == 1 and errors[0].endswith(f"#error] {line}")
+        assert done.stderr == ""
+    assert (tmp_path / "not-a-socket").read_text() == ""
 
 
 # The soak.

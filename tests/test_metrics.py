@@ -18,13 +18,15 @@ from txportend import Monitor, State
 from txportend._metrics import SLICE, metrics
 
 from .fakes import accept, memory_reactor, refuse, time_out
-from .test_web import T0, Target, Watchlist, two_targets, watched
+from .test_web import T0, PortServer, Target, Watchlist, two_targets, watched
 
 OPEN_METRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
-def scrape(watchlist: Watchlist, accept: str | None = None) -> tuple[str, str]:
-    parts, content_type = metrics(watchlist, accept)
+def scrape(
+    watchlist: Watchlist, accept: str | None = None, portserver: Any = None
+) -> tuple[str, str]:
+    parts, content_type = metrics(watchlist, accept, portserver)
     return b"".join(parts).decode("utf-8"), content_type
 
 
@@ -209,3 +211,58 @@ def test_the_monitors_are_read_when_asked() -> None:
     refuse(reactor)
     found = samples(b"".join(parts).decode())
     assert by_target(found, "portend_state_changes_total") == {"127.0.0.1:8080": 0.0}
+
+
+PORTSERVER_SAMPLES = {
+    ("portend_portserver_ports_managed",): 10000.0,
+    ("portend_portserver_ports_allocated",): 3.0,
+    ("portend_portserver_requests_total", ("result", "served")): 7.0,
+    ("portend_portserver_requests_total", ("result", "denied")): 1.0,
+    ("portend_portserver_requests_total", ("result", "bad")): 2.0,
+}
+
+
+@pytest.mark.parametrize("accept_header", [None, OPEN_METRICS])
+def test_the_portservers_figures(accept_header: str | None) -> None:
+    _, watchlist = two_targets()
+    text, _ = scrape(watchlist, accept_header, PortServer())
+    parser = parse_text if accept_header is None else parse_openmetrics
+    found = samples(text, parser)
+    assert {k: v for k, v in found.items() if "portserver" in k[0]} == (
+        PORTSERVER_SAMPLES
+    )
+    assert by_target(found, "portend_up") == {
+        "127.0.0.1:8080": 1.0,
+        "127.0.0.1:8081": 0.0,
+    }
+    types = {f.name: (f.type, f.documentation) for f in parser(text)}
+    assert types["portend_portserver_ports_managed"][0] == "gauge"
+    assert types["portend_portserver_ports_allocated"][0] == "gauge"
+    assert types["portend_portserver_requests"][0] == "counter"
+    assert all(doc for _, doc in types.values())
+
+
+@pytest.mark.parametrize("accept_header", [None, OPEN_METRICS])
+def test_a_portserver_alone(accept_header: str | None) -> None:
+    text, _ = scrape(Watchlist(), accept_header, PortServer())
+    parser = parse_text if accept_header is None else parse_openmetrics
+    assert set(samples(text, parser)) == {
+        ("portend_build_info", ("version", txportend.__version__)),
+        ("portend_config_last_reload_successful",),
+        *PORTSERVER_SAMPLES,
+    }
+
+
+def test_no_portserver_no_portserver_series() -> None:
+    _, watchlist = two_targets()
+    assert "portserver" not in scrape(watchlist)[0]
+
+
+def test_the_portserver_is_read_when_asked() -> None:
+    """Read once per scrape, at the moment it is asked for."""
+    portserver = PortServer()
+    parts, _ = metrics(Watchlist(), None, portserver)
+    assert portserver.reads == 1
+    portserver.requests_served = 99
+    found = samples(b"".join(parts).decode())
+    assert found[("portend_portserver_requests_total", ("result", "served"))] == 7.0

@@ -1,10 +1,14 @@
 """
 The twistd plugin: its discovery, txportend.tap's Options and makeService on
-a memory reactor, and the Watchlist's logging and SIGHUP handler.
+a memory reactor (the portserver included), and the Watchlist's logging and
+SIGHUP handler.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,9 @@ from typing import Any
 import pytest
 from twisted.application.service import IServiceMaker
 from twisted.application.twist._options import TwistOptions
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock, _FakePort
 from twisted.logger import capturedLogs, formatEvent
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -19,11 +26,14 @@ from twisted.scripts.twistd import ServerOptions
 from zope.interface.verify import verifyObject
 
 from txportend import State
-from txportend._config import CommandLine, Plan, TargetSpec, plan
+from txportend._config import CommandLine, Plan, PortServerSpec, TargetSpec, plan
 from txportend._daemon import Target, Watchlist
+from txportend._portserver import PortServer
 from txportend.tap import Options, makeService
 
 from .fakes import accept, attempts, memory_reactor, refuse
+from .test_portserver import Conn
+from .test_web import request
 
 
 def parsed(*argv: str) -> Options:
@@ -118,7 +128,11 @@ def test_options_read_the_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "nothing to watch: give --watch HOST:PORT or --config FILE"),
+        (
+            [],
+            "nothing to do: give --watch HOST:PORT, --portserver ADDRESS "
+            "or --config FILE",
+        ),
         (
             ["--watch", "db"],
             "--watch: 'db': missing port (expected HOST:PORT or [IPv6]:PORT)",
@@ -132,6 +146,30 @@ def test_options_read_the_config_file(tmp_path: Path) -> None:
         (["--watch", "a:1", "--timeout", "0"], "--timeout: the timeout must be more"),
         (["--config", "/nonexistent/portend.toml"], "/nonexistent/portend.toml: "),
         (["--watch", "a:1", "extra"], "Wrong number of arguments."),
+        (["--portserver", "@"], "--portserver: Portserver address '@' is empty."),
+        (["--portserver", ""], "--portserver: Portserver address '' is empty."),
+        (["--portserver", "a\0b"], "--portserver: Portserver address 'a\\x00b'"),
+        (
+            ["--portserver", "@p", "--portserver-pool", "20-10"],
+            "--portserver-pool: Port range '20-10' starts above its end.",
+        ),
+        (
+            ["--portserver", "@p", "--portserver-pool", "1-5,3"],
+            "--portserver-pool: Port ranges '1-5' and '3' overlap.",
+        ),
+        (
+            ["--portserver", "@p", "--portserver-pool", "0-9"],
+            "--portserver-pool: Port range '0-9': 0 is not a port (1-65535).",
+        ),
+        (
+            ["--watch", "a:1", "--portserver-pool", "20000-20009"],
+            "--portserver-pool: needs --portserver ADDRESS (or a [portserver] "
+            "table in the configuration file)",
+        ),
+        (
+            ["--portserver-allow-other-users"],
+            "--portserver-allow-other-users: needs --portserver ADDRESS",
+        ),
     ],
 )
 def test_options_refuse_bad_input_with_one_line(argv: list[str], message: str) -> None:
@@ -154,6 +192,40 @@ def test_under_twistd_or_twist_a_bad_option_is_one_line_and_exit_1(
         "(expected HOST:PORT or [IPv6]:PORT)"
     )
     assert capsys.readouterr() == ("", "")
+
+
+def test_options_portserver_alone_with_its_pool_and_users() -> None:
+    """A daemon that only hands out ports is valid: no targets needed."""
+    options = parsed(
+        "--portserver",
+        "@ports",
+        "--portserver-pool",
+        "20000-20002, 20010",
+        "--portserver-allow-other-users",
+    )
+    assert options["plan"] == Plan(
+        listen=("tcp:9180:interface=127.0.0.1",),
+        targets=(),
+        portserver=PortServerSpec("@ports", (20000, 20001, 20002, 20010), True),
+    )
+
+
+def test_options_portserver_defaults_beside_targets() -> None:
+    spec = parsed("--watch", "a:1", "--portserver", "/run/ports.sock")["plan"]
+    assert [t.address for t in spec.targets] == ["a:1"]
+    assert spec.portserver.address == "/run/ports.sock"
+    assert spec.portserver.pool == tuple(range(15000, 25000))
+    assert spec.portserver.allow_other_users is False
+    assert parsed("--watch", "a:1")["plan"].portserver is None
+
+
+def test_options_portserver_options_replace_the_files(tmp_path: Path) -> None:
+    path = tmp_path / "portend.toml"
+    path.write_text('[portserver]\naddress = "@file"\npool = "20000-20001"\n')
+    options = parsed(
+        "--config", str(path), "--portserver", "@cli", "--portserver-pool", "30000"
+    )
+    assert options["plan"].portserver == PortServerSpec("@cli", (30000,), False)
 
 
 # makeService, on a memory reactor.
@@ -298,3 +370,191 @@ def test_sighup_handler_hands_the_reload_to_the_reactor(tmp_path: Path) -> None:
     finally:
         watchlist.stopService()
     assert signal.getsignal(signal.SIGHUP) == before
+
+
+# makeService with a portserver.
+
+
+def portserver_of(service: Any) -> PortServer:
+    (portserver,) = (s for s in service if isinstance(s, PortServer))
+    return portserver
+
+
+@pytest.mark.parametrize(
+    ("argv", "mode"),
+    [((), 0o600), (("--portserver-allow-other-users",), 0o666)],
+)
+def test_make_service_runs_the_portserver_beside_the_watchlist(
+    argv: tuple[str, ...], mode: int
+) -> None:
+    reactor = memory_reactor()
+    options = parsed(
+        "--watch",
+        "127.0.0.1:8080",
+        "--portserver",
+        "@txportend-tap",
+        "--portserver-pool",
+        "20000-20004",
+        *argv,
+    )
+    service = makeService(options, reactor=reactor)
+    portserver = portserver_of(service)
+    assert (portserver.address, portserver.ports_managed) == ("@txportend-tap", 5)
+    assert portserver.allow_other_users is (mode == 0o666)
+    assert reactor.unixServers == []
+    service.privilegedStartService()  # twistd listens here, then starts
+    service.startService()
+    try:
+        ((address, _, _, listen_mode, _),) = reactor.unixServers
+        assert (address, listen_mode) == ("\0txportend-tap", mode)
+        assert portserver.running
+        assert attempts(reactor) == [("127.0.0.1", 8080)]
+    finally:
+        service.stopService()
+    assert not portserver.running
+    assert reactor.getDelayedCalls() == []
+
+
+def test_make_service_portserver_alone_starts_on_start_service_too() -> None:
+    reactor = memory_reactor()
+    service = makeService(parsed("--portserver", "@alone"), reactor=reactor)
+    (watchlist,) = (s for s in service if isinstance(s, Watchlist))
+    assert watchlist.targets() == []
+    service.startService()
+    try:
+        assert [a for a, *_ in reactor.unixServers] == ["\0alone"]
+        assert portserver_of(service).ports_managed == 10000
+    finally:
+        service.stopService()
+
+
+class _WithUDP(MemoryReactorClock):
+    """A memory reactor where every port is free for TCP and UDP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nameResolver = memory_reactor().nameResolver
+
+    def listenUDP(self, port: int, protocol: Any, *args: Any, **kw: Any) -> Any:
+        return _FakePort(IPv4Address("UDP", "0.0.0.0", port))
+
+
+def test_the_site_shows_the_portservers_figures() -> None:
+    """makeService hands its portserver to the web side: /status shows its
+    figures as they are when asked."""
+    reactor = _WithUDP()
+    service = makeService(
+        parsed(
+            "--portserver",
+            "@figures",
+            "--portserver-pool",
+            "20000-20002",
+            "--portserver-allow-other-users",  # a memory transport has no peer
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ),
+        reactor=reactor,
+    )
+    service.startService()
+    try:
+        ((_, factory, *_),) = reactor.unixServers
+        assert Conn(factory).send(b"%d\n" % os.getpid()).answer == b"20000\n"
+        Conn(factory).send(b"garbage\n")
+        (_, site, *_) = reactor.tcpServers[0]  # then the port checks
+        status = json.loads(request(site, reactor, "/status").body)
+    finally:
+        service.stopService()
+    assert status["portserver"] == {
+        "address": "@figures",
+        "ports_managed": 3,
+        "ports_allocated": 1,
+        "requests_served": 1,
+        "requests_denied": 0,
+        "bad_requests": 1,
+    }
+
+
+class _InUse:
+    """A reactor whose listenUNIX finds the address in use."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenUNIX(self, address: str, *args: Any, **kw: Any) -> Any:
+        raise CannotListenError(None, address, OSError(errno.EADDRINUSE, "in use"))
+
+
+def test_a_portserver_that_cannot_start_is_one_logged_line_and_exit_1(
+    tmp_path: Path,
+) -> None:
+    """A path taken by a file that is not a socket: twistd ends with one
+    error line and exit code 1, before anything else listens."""
+    path = tmp_path / "not-a-socket"
+    path.write_text("")
+    reactor = memory_reactor()
+    service = makeService(
+        parsed("--watch", "127.0.0.1:8080", "--portserver", str(path)),
+        reactor=_InUse(reactor),
+    )
+    with capturedLogs() as events, pytest.raises(SystemExit) as raised:
+        service.privilegedStartService()
+    assert raised.value.code == 1
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    assert errors == [f"portend: error: portserver: {path} exists and is not a socket."]
+    assert path.read_text() == ""  # left alone
+    assert reactor.tcpServers == []
+
+
+def test_under_twist_a_portserver_that_cannot_start_is_one_line_on_stderr(
+    tmp_path: Path,
+) -> None:
+    """twist calls startService only, before its log begins: the line is
+    SystemExit's message, which Python prints on standard error."""
+    path = tmp_path / "not-a-socket"
+    path.write_text("")
+    service = makeService(
+        parsed("--portserver", str(path)), reactor=_InUse(memory_reactor())
+    )
+    with capturedLogs() as events, pytest.raises(SystemExit) as raised:
+        service.startService()
+    assert raised.value.code == (
+        f"portend: error: portserver: {path} exists and is not a socket."
+    )
+    assert not [e for e in events if e["log_level"].name == "error"]
+
+
+class _TCPInUse:
+    """A memory reactor whose listenTCP finds the port in use."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(self, port: int, *args: Any, **kw: Any) -> Any:
+        raise CannotListenError("127.0.0.1", port, OSError(errno.EADDRINUSE, "in use"))
+
+
+@pytest.mark.parametrize("twistd", [True, False])
+def test_an_endpoint_it_cannot_listen_on_ends_it_with_one_line(twistd: bool) -> None:
+    """Under twistd (a privileged start first) the line is logged; under
+    twist (startService only) it is SystemExit's message."""
+    service = makeService(
+        parsed("--watch", "127.0.0.1:8080", "--listen", "tcp:9999"),
+        reactor=_TCPInUse(memory_reactor()),
+    )
+    line = "portend: error: cannot listen on tcp:9999: [Errno 98] in use"
+    with capturedLogs() as events, pytest.raises(SystemExit) as raised:
+        if twistd:
+            service.privilegedStartService()
+        service.startService()
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    if twistd:
+        assert (raised.value.code, errors) == (1, [line])
+    else:
+        assert (raised.value.code, errors) == (line, [])
+    service.stopService()

@@ -28,7 +28,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 import txportend
 from txportend import Monitor, State
-from txportend._web import human_duration, human_latency, make_site, stream
+from txportend._page import human_duration, human_latency
+from txportend._web import make_site, stream
 
 from .fakes import accept, memory_reactor, refuse, time_out
 
@@ -63,6 +64,26 @@ def watched(reactor: Any, port: int, expect: State = State.OCCUPIED, **kw: Any) 
     monitor = Monitor(kw.pop("host", "127.0.0.1"), port, reactor=reactor, **kw)
     monitor.startService()
     return Target(monitor, expect)
+
+
+@dataclass
+class PortServer:
+    """A portserver's figures, as the web side reads them; ``reads`` counts
+    the reads of ``ports_allocated`` (which asks the system, in the real
+    one)."""
+
+    address: str = "@unittest-portserver"
+    ports_managed: int = 10000
+    allocated: int = 3
+    requests_served: int = 7
+    requests_denied: int = 1
+    bad_requests: int = 2
+    reads: int = 0
+
+    @property
+    def ports_allocated(self) -> int:
+        self.reads += 1
+        return self.allocated
 
 
 def two_targets() -> tuple[Any, Watchlist]:
@@ -172,7 +193,29 @@ def test_status_json_shape() -> None:
                 },
             },
         ],
+        "portserver": None,
     }
+
+
+def test_status_shows_the_portservers_figures_read_when_asked() -> None:
+    reactor, watchlist = two_targets()
+    portserver = PortServer()
+    site = make_site(watchlist, reactor=reactor, portserver=portserver)
+    assert portserver.reads == 0  # read on each request, not before
+    first = get_json(site, reactor)
+    assert first["portserver"] == {
+        "address": "@unittest-portserver",
+        "ports_managed": 10000,
+        "ports_allocated": 3,
+        "requests_served": 7,
+        "requests_denied": 1,
+        "bad_requests": 2,
+    }
+    assert len(first["targets"]) == 2
+    portserver.requests_served, portserver.allocated = 8, 4
+    second = get_json(site, reactor)["portserver"]
+    assert (second["requests_served"], second["ports_allocated"]) == (8, 4)
+    assert portserver.reads == 2
 
 
 def test_status_before_the_first_probe_and_before_the_start() -> None:
@@ -342,6 +385,42 @@ def test_page_with_no_targets_says_so() -> None:
     reactor = memory_reactor()
     html = page(make_site(Watchlist(), reactor=reactor), reactor)
     assert "No targets are watched." in html and "<table" not in html
+
+
+def test_page_shows_the_portservers_figures_after_the_targets() -> None:
+    reactor, watchlist = two_targets()
+    portserver = PortServer(address="@<b>&")
+    html = page(make_site(watchlist, reactor=reactor, portserver=portserver), reactor)
+    assert len(rows(html)) == 2
+    section = html.split("</table>", 1)[1]
+    assert '<h2 id="portserver">Portserver</h2>' in section
+    figures = [
+        ("Address", "@&lt;b&gt;&amp;"),
+        ("Ports managed", "10000"),
+        ("Allocated now", "3"),
+        ("Requests served", "7"),
+        ("Denied (no port left)", "1"),
+        ("Bad requests", "2"),
+    ]
+    for label, value in figures:
+        assert f"<dt>{label}</dt><dd" in section
+        assert f">{value}</dd>" in section
+    assert portserver.reads == 1
+
+
+def test_page_without_a_portserver_has_no_section() -> None:
+    reactor, watchlist = two_targets()
+    html = page(make_site(watchlist, reactor=reactor), reactor)
+    assert "Portserver" not in html and "<dl" not in html
+
+
+def test_page_of_a_daemon_that_only_hands_out_ports() -> None:
+    reactor = memory_reactor()
+    site = make_site(Watchlist(), reactor=reactor, portserver=PortServer())
+    html = page(site, reactor)
+    assert "No targets are watched." not in html and "<table" not in html
+    assert "<title>portend: portserver</title>" in html
+    assert "<dt>Requests served</dt><dd>7</dd>" in html
 
 
 def test_page_escapes_a_hostile_target_name() -> None:

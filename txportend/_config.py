@@ -1,6 +1,7 @@
 """
-What the ``twistd portend`` daemon watches and where it listens: its command
-line and its TOML configuration file, merged into one :class:`Plan`.
+What the ``twistd portend`` daemon watches, where it listens and whether it
+runs a portserver: its command line and its TOML configuration file, merged
+into one :class:`Plan`.
 
 The daemon reads the file at start-up and again on every ``SIGHUP``, through
 the same :func:`plan`, so both give the same messages. Targets and durations
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._hostport import HostPort, parse_duration, parse_target, seconds
+from ._portclient import unix_address
+from ._portpool import DEFAULT_POOL, parse_port_ranges
 from ._result import State
 
 if sys.version_info >= (3, 11):
@@ -34,8 +37,9 @@ DEFAULT_TIMEOUT = 1.0
 #: The states a target may be expected in, by their names in the file.
 EXPECTS = {"occupied": State.OCCUPIED, "free": State.FREE}
 
-_TOP_KEYS = ("listen", "interval", "timeout", "target")
+_TOP_KEYS = ("listen", "interval", "timeout", "target", "portserver")
 _TARGET_KEYS = ("address", "interval", "timeout", "expect")
+_PORTSERVER_KEYS = ("address", "pool", "allow_other_users")
 
 
 class ConfigError(ValueError):
@@ -70,6 +74,23 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
+class PortServerSpec:
+    """
+    The portserver as configured.
+
+    :ivar address: its ``AF_UNIX`` socket: ``"@name"`` (Linux's abstract
+        namespace) or a filesystem path.
+    :ivar pool: the ports it hands out, in increasing order.
+    :ivar allow_other_users: whether it answers every local user, not only
+        its own.
+    """
+
+    address: str
+    pool: tuple[int, ...] = field(repr=False)
+    allow_other_users: bool = False
+
+
+@dataclass(frozen=True)
 class CommandLine:
     """
     What the daemon's command line says (the file is read by :func:`plan`).
@@ -79,6 +100,10 @@ class CommandLine:
     :ivar timeout: ``--timeout`` in seconds, or ``None``.
     :ivar listen: endpoints given with ``--listen``.
     :ivar config: the ``--config`` file's path, or ``None``.
+    :ivar portserver: ``--portserver``'s address, or ``None``.
+    :ivar portserver_pool: ``--portserver-pool``'s ports, or ``None``.
+    :ivar portserver_allow_other_users: whether
+        ``--portserver-allow-other-users`` was given.
     """
 
     watch: tuple[str, ...] = ()
@@ -86,17 +111,22 @@ class CommandLine:
     timeout: float | None = None
     listen: tuple[str, ...] = ()
     config: str | None = None
+    portserver: str | None = None
+    portserver_pool: tuple[int, ...] | None = None
+    portserver_allow_other_users: bool = False
 
 
 @dataclass(frozen=True)
 class Plan:
     """
     What the daemon does: where it listens, what it watches (in
-    configuration order: the file's targets, then ``--watch``'s).
+    configuration order: the file's targets, then ``--watch``'s), and its
+    portserver, if any.
     """
 
     listen: tuple[str, ...]
     targets: tuple[TargetSpec, ...]
+    portserver: PortServerSpec | None = None
 
 
 def plan(command_line: CommandLine) -> Plan:
@@ -108,8 +138,16 @@ def plan(command_line: CommandLine) -> Plan:
     the same for timeouts. ``--listen`` replaces the file's ``listen``;
     without either the site listens on :data:`DEFAULT_LISTEN`.
 
-    :raises ConfigError: the file cannot be read or is not valid, or a
-        target is given twice.
+    A portserver runs when ``--portserver`` is given or the file has a
+    ``[portserver]`` table; each of ``--portserver``,
+    ``--portserver-pool`` and ``--portserver-allow-other-users`` replaces
+    the table's ``address``, ``pool`` and ``allow_other_users`` (the
+    table's values are checked all the same). The pool is
+    :data:`~txportend._portpool.DEFAULT_POOL` when neither gives one.
+
+    :raises ConfigError: the file cannot be read or is not valid, a target
+        is given twice, or a portserver option is given without a
+        portserver's address.
     """
     top: Mapping[str, Any] = {}
     entries: list[tuple[str, Mapping[str, Any]]] = []
@@ -143,7 +181,8 @@ def plan(command_line: CommandLine) -> Plan:
     listen = command_line.listen
     if not listen:
         listen = DEFAULT_LISTEN if "listen" not in top else _listen(top, where)
-    return Plan(listen, tuple(targets.values()))
+    portserver = _portserver(command_line, top.get("portserver"), where)
+    return Plan(listen, tuple(targets.values()), portserver)
 
 
 def check_endpoint(description: str) -> str:
@@ -163,6 +202,18 @@ def check_endpoint(description: str) -> str:
     except Exception as error:
         raise ValueError(f"{description!r} is not a server endpoint: {error}") from None
     return description
+
+
+def check_portserver_address(address: str) -> str:
+    """
+    Check a portserver address (``"@name"`` or a path) as the portserver
+    and its clients read it (:func:`~txportend._portclient.unix_address`).
+
+    :return: ``address``.
+    :raises ValueError: one line saying what is wrong.
+    """
+    unix_address(address)
+    return address
 
 
 def check_interval(value: object) -> float:
@@ -254,6 +305,93 @@ def _listen(top: Mapping[str, Any], where: str) -> tuple[str, ...]:
         return tuple(check_endpoint(description) for description in listen)
     except ValueError as error:
         raise ConfigError(f"{where}listen: {error}") from None
+
+
+def _portserver(
+    command_line: CommandLine, table: object, where: str
+) -> PortServerSpec | None:
+    """The portserver the command line and the file's ``[portserver]``
+    table (``None`` when absent) ask for, or ``None``."""
+    if table is None:
+        if command_line.portserver is None:
+            for option, given in (
+                ("--portserver-pool", command_line.portserver_pool is not None),
+                (
+                    "--portserver-allow-other-users",
+                    command_line.portserver_allow_other_users,
+                ),
+            ):
+                if given:
+                    raise ConfigError(
+                        f"{option}: needs --portserver ADDRESS (or a "
+                        "[portserver] table in the configuration file)"
+                    )
+            return None
+        table = {}
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{where}portserver: must be a [portserver] table, not {_shown(table)}"
+        )
+    place = f"{where}[portserver] "
+    _known_keys(table, _PORTSERVER_KEYS, place)
+    in_file = _portserver_address(table, place)  # checked even if replaced
+    address = command_line.portserver or in_file
+    if address is None:
+        raise ConfigError(
+            f"{place}address: missing (the portserver's socket: @NAME or a path)"
+        )
+    pool = _pool(table, place)
+    allow = table.get("allow_other_users", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(
+            f"{place}allow_other_users: must be true or false, not {_shown(allow)}"
+        )
+    return PortServerSpec(
+        address=address,
+        pool=_pick_pool(command_line.portserver_pool, pool),
+        allow_other_users=command_line.portserver_allow_other_users or allow,
+    )
+
+
+def _portserver_address(table: Mapping[str, Any], place: str) -> str | None:
+    if "address" not in table:
+        return None
+    address = table["address"]
+    if not isinstance(address, str):
+        raise ConfigError(
+            f"{place}address: must be a string (@NAME or a path), not {_shown(address)}"
+        )
+    try:
+        return check_portserver_address(address)
+    except ValueError as error:
+        raise ConfigError(f"{place}address: {error}") from None
+
+
+def _pool(table: Mapping[str, Any], place: str) -> tuple[int, ...] | None:
+    """The file's pool: ranges in a string, or a list of such strings."""
+    if "pool" not in table:
+        return None
+    pool = table["pool"]
+    if isinstance(pool, list) and pool and all(isinstance(p, str) for p in pool):
+        text = ",".join(pool)
+    elif isinstance(pool, str):
+        text = pool
+    else:
+        raise ConfigError(
+            f'{place}pool: must be port ranges ("15000-24999,30000-30099") or '
+            f"a non-empty list of them, not {_shown(pool)}"
+        )
+    try:
+        return tuple(parse_port_ranges(text))
+    except ValueError as error:
+        raise ConfigError(f"{place}pool: {error}") from None
+
+
+def _pick_pool(*pools: tuple[int, ...] | None) -> tuple[int, ...]:
+    for pool in pools:
+        if pool is not None:
+            return pool
+    return tuple(parse_port_ranges(DEFAULT_POOL))
 
 
 def _known_keys(table: Mapping[str, Any], known: Sequence[str], place: str) -> None:

@@ -82,6 +82,7 @@ class Watchlist(MultiService):
         self._reactor = reactor
         self._pacing = pacing
         self._listen = plan.listen
+        self._portserver = plan.portserver
         self._watched: dict[str, tuple[TargetSpec, Target]] = {}
         self._previous_handler: Any = None
         self.reload_successful = True
@@ -122,7 +123,9 @@ class Watchlist(MultiService):
 
         A configuration that cannot be read or is not valid changes nothing:
         it is logged as one error and :attr:`reload_successful` turns
-        ``False``. The listening endpoints are read at start-up only.
+        ``False``. The listening endpoints and the portserver are set up at
+        start-up only: a reload that changes them logs a warning, and the
+        change takes effect on restart.
         """
         if self._load is None:
             log.warn("No configuration file to reload")
@@ -142,6 +145,8 @@ class Watchlist(MultiService):
         )
         if plan.listen != self._listen:
             log.warn("The listening endpoints changed: they take effect on restart")
+        if plan.portserver != self._portserver:
+            log.warn("The portserver's settings changed: they take effect on restart")
 
     def _apply(self, specs: Sequence[TargetSpec]) -> dict[str, int]:
         counts = dict.fromkeys(("added", "removed", "changed", "kept"), 0)

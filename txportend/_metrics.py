@@ -1,8 +1,9 @@
 """
 What the daemon's web side reads (a watchlist of targets, each a
-:class:`~txportend.Monitor` and the state it is expected in), and its
-Prometheus metrics: a ``prometheus_client`` collector over the watchlist,
-encoded on the reactor thread by ``prometheus_client``'s exposition code.
+:class:`~txportend.Monitor` and the state it is expected in, and the
+portserver's figures), and its Prometheus metrics: a ``prometheus_client``
+collector over them, encoded on the reactor thread by ``prometheus_client``'s
+exposition code.
 """
 
 from __future__ import annotations
@@ -52,6 +53,62 @@ class Watchlist(Protocol):
     def reload_successful(self) -> bool:
         """Whether the latest configuration reload worked (true before any
         reload)."""
+
+
+class PortServerFigures(Protocol):
+    """A portserver's figures (:class:`~txportend._portserver.PortServer`),
+    as the web side reads them."""
+
+    @property
+    def address(self) -> str:
+        """Its socket: ``"@name"`` or a path."""
+
+    @property
+    def ports_managed(self) -> int:
+        """The ports in its pool."""
+
+    @property
+    def ports_allocated(self) -> int:
+        """The ports held by live processes now."""
+
+    @property
+    def requests_served(self) -> int:
+        """Ports handed out."""
+
+    @property
+    def requests_denied(self) -> int:
+        """Requests that got no port: none was left."""
+
+    @property
+    def bad_requests(self) -> int:
+        """Requests refused."""
+
+
+@dataclass(frozen=True)
+class PortServerReading:
+    """A portserver's figures at one moment (the names are ``/status``'s)."""
+
+    address: str
+    ports_managed: int
+    ports_allocated: int
+    requests_served: int
+    requests_denied: int
+    bad_requests: int
+
+
+def read_portserver(portserver: PortServerFigures | None) -> PortServerReading | None:
+    """The portserver's figures now (on the reactor thread: who holds a port
+    is asked of the system), or ``None`` when there is no portserver."""
+    if portserver is None:
+        return None
+    return PortServerReading(
+        portserver.address,
+        portserver.ports_managed,
+        portserver.ports_allocated,
+        portserver.requests_served,
+        portserver.requests_denied,
+        portserver.bad_requests,
+    )
 
 
 def accepting(monitor: Monitor) -> bool:
@@ -167,6 +224,32 @@ def _daemon_families(reload_successful: bool) -> list[Metric]:
     ]
 
 
+def _portserver_families(reading: PortServerReading) -> list[Metric]:
+    """The portserver's series."""
+    requests = CounterMetricFamily(
+        "portend_portserver_requests",
+        "Requests to the portserver, by result: served (a port handed out), "
+        "denied (no port left), bad (refused).",
+        labels=["result"],
+    )
+    requests.add_metric(["served"], reading.requests_served)
+    requests.add_metric(["denied"], reading.requests_denied)
+    requests.add_metric(["bad"], reading.bad_requests)
+    return [
+        GaugeMetricFamily(
+            "portend_portserver_ports_managed",
+            "Ports in the portserver's pool.",
+            value=reading.ports_managed,
+        ),
+        GaugeMetricFamily(
+            "portend_portserver_ports_allocated",
+            "Ports of the pool held by live processes now.",
+            value=reading.ports_allocated,
+        ),
+        requests,
+    ]
+
+
 class Collector:
     """A ``prometheus_client`` collector of families made beforehand."""
 
@@ -183,23 +266,31 @@ SLICE = 250
 _EOF = b"# EOF\n"
 
 
-def metrics(watchlist: Watchlist, accept: str | None) -> tuple[Iterator[bytes], str]:
+def metrics(
+    watchlist: Watchlist,
+    accept: str | None,
+    portserver: PortServerFigures | None = None,
+) -> tuple[Iterator[bytes], str]:
     """
-    The watchlist's metrics, in the format ``accept`` (an HTTP ``Accept``
-    header, or ``None``) asks for, as chosen by
-    ``prometheus_client.exposition.choose_encoder``: the text format 0.0.4 by
-    default, OpenMetrics when asked for.
+    The watchlist's metrics, and the portserver's if there is one, in the
+    format ``accept`` (an HTTP ``Accept`` header, or ``None``) asks for, as
+    chosen by ``prometheus_client.exposition.choose_encoder``: the text
+    format 0.0.4 by default, OpenMetrics when asked for.
 
-    The monitors are read at once, when this is called (on the reactor
-    thread: see :func:`read`). The body is encoded by ``prometheus_client``,
-    from a :class:`Collector` on a private registry, as the returned iterator
-    is consumed, :data:`SLICE` targets at a time, so that a caller can spread
-    the work for thousands of targets over several turns of the reactor.
+    The monitors and the portserver are read at once, when this is called
+    (on the reactor thread: see :func:`read` and :func:`read_portserver`).
+    The body is encoded by ``prometheus_client``, from a :class:`Collector`
+    on a private registry, as the returned iterator is consumed,
+    :data:`SLICE` targets at a time, so that a caller can spread the work
+    for thousands of targets over several turns of the reactor.
 
     :return: the body's parts, and its ``Content-Type``.
     """
     readings = read(watchlist)
     daemon = _daemon_families(watchlist.reload_successful)
+    reading = read_portserver(portserver)
+    if reading is not None:
+        daemon += _portserver_families(reading)
     encode, content_type = choose_encoder(accept or "")
 
     def encoded(families: Sequence[Metric]) -> bytes:

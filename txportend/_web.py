@@ -1,16 +1,17 @@
 """
 The daemon's web side, on :mod:`twisted.web`: a status page for people
-(``/``), JSON for programs (``/status``) and Prometheus metrics
-(``/metrics``), all read from the watchlist's monitors on the reactor
-thread. Nothing here adds a target or connects anywhere.
+(``/``, :mod:`txportend._page`), JSON for programs (``/status``) and
+Prometheus metrics (``/metrics``), all read from the watchlist's monitors and
+the portserver's figures on the reactor thread. Nothing here adds a target or
+connects anywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
+import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -24,19 +25,15 @@ from twisted.web import pages
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
-from twisted.web.template import (
-    Comment,
-    Element,
-    Flattenable,
-    Tag,
-    TagLoader,
-    flattenString,
-    renderer,
-    tags,
-)
 
-from ._metrics import Target, Watchlist, accepting, metrics
-from ._monitor import LastProbe, outcome_label
+from ._metrics import (
+    PortServerFigures,
+    Target,
+    Watchlist,
+    metrics,
+    read_portserver,
+)
+from ._page import Page, probe_error, utc_iso
 from ._version import __version__
 
 log = Logger()
@@ -47,13 +44,6 @@ IDLE_TIMEOUT = 10.0
 #: Connections open at once; past this, a new connection is closed at once,
 #: so that the web side never takes the file descriptors the probes need.
 MAX_CONNECTIONS = 256
-#: Seconds between the page's reloads.
-REFRESH = 5
-#: Rows of the page flattened in one go.
-ROWS_PER_PART = 100
-# Where the rows go: a comment no value can forge (values are escaped).
-_ROWS = Comment("rows")
-
 _SECURITY_HEADERS = {
     b"cache-control": b"no-store",
     b"x-content-type-options": b"nosniff",
@@ -80,6 +70,7 @@ def make_site(
     watchlist: Watchlist,
     *,
     reactor: IReactorTime,
+    portserver: PortServerFigures | None = None,
     idle_timeout: float = IDLE_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
 ) -> Site:
@@ -92,6 +83,8 @@ def make_site(
     headers, 400; each then has its connection closed.
 
     :param watchlist: what to show (read on every request).
+    :param portserver: the portserver whose figures to show, if any (read on
+        every request).
     :param reactor: the reactor whose ``seconds()`` the monitors use, and
         that times the idle connections out.
     :param idle_timeout: seconds a connection may stay idle before it is
@@ -100,7 +93,7 @@ def make_site(
         is closed as soon as it is accepted.
     """
     site = _Site(
-        _root(watchlist, reactor),
+        _root(watchlist, reactor, portserver),
         timeout=idle_timeout,
         reactor=reactor,
         max_connections=max_connections,
@@ -166,11 +159,15 @@ class _Site(Site):
         self.open_connections -= 1
 
 
-def _root(watchlist: Watchlist, reactor: IReactorTime) -> Resource:
+def _root(
+    watchlist: Watchlist,
+    reactor: IReactorTime,
+    portserver: PortServerFigures | None,
+) -> Resource:
     root = _Resource()  # type: ignore[no-untyped-call]
-    root.putChild(b"", StatusPage(watchlist, reactor))
-    root.putChild(b"status", StatusJSON(watchlist, reactor))
-    root.putChild(b"metrics", Metrics(watchlist, reactor))
+    root.putChild(b"", StatusPage(watchlist, reactor, portserver))
+    root.putChild(b"status", StatusJSON(watchlist, reactor, portserver))
+    root.putChild(b"metrics", Metrics(watchlist, reactor, portserver))
     return root
 
 
@@ -201,21 +198,6 @@ class _Resource(Resource):
         return pages.notFound().render(request)  # type: ignore[no-any-return,no-untyped-call]
 
 
-def utc_iso(seconds: float | None) -> str | None:
-    """Unix time as UTC ISO-8601 with milliseconds
-    (``2024-05-01T12:00:00.250+00:00``), or ``None``."""
-    if seconds is None:
-        return None
-    when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return when.isoformat(timespec="milliseconds")
-
-
-def _probe_error(last: LastProbe) -> str:
-    error = last.error
-    assert error is not None
-    return str(error) or type(error).__name__
-
-
 def target_status(target: Target) -> dict[str, Any]:
     """One target as ``/status`` shows it."""
     monitor = target.monitor
@@ -229,7 +211,7 @@ def target_status(target: Target) -> dict[str, Any]:
             "outcomes": {a: o.name.lower() for a, o in outcomes.items()},
         }
         if last.result is None:
-            probe["error"] = _probe_error(last)
+            probe["error"] = probe_error(last)
     return {
         "target": monitor.target,
         "state": monitor.state.value,
@@ -242,17 +224,26 @@ def target_status(target: Target) -> dict[str, Any]:
 
 
 class StatusJSON(_Resource):
-    """``/status``: every target's state as JSON."""
+    """``/status``: every target's state, and the portserver's figures (or
+    ``null``), as JSON."""
 
-    def __init__(self, watchlist: Watchlist, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        watchlist: Watchlist,
+        reactor: IReactorTime,
+        portserver: PortServerFigures | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._watchlist = watchlist
+        self._portserver = portserver
 
     def render_GET(self, request: _Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
+        reading = read_portserver(self._portserver)
         status = {
             "version": __version__,
             "targets": [target_status(t) for t in self._watchlist.targets()],
+            "portserver": None if reading is None else dataclasses.asdict(reading),
         }
         return json.dumps(status).encode("ascii") + b"\n"
 
@@ -260,15 +251,23 @@ class StatusJSON(_Resource):
 class Metrics(_Resource):
     """``/metrics``: Prometheus exposition, as the ``Accept`` header asks."""
 
-    def __init__(self, watchlist: Watchlist, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        watchlist: Watchlist,
+        reactor: IReactorTime,
+        portserver: PortServerFigures | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._watchlist = watchlist
         self._reactor = reactor
+        self._portserver = portserver
 
     def render_GET(self, request: _Request) -> int:
         accept = request.getHeader(b"accept")
         parts, content_type = metrics(
-            self._watchlist, None if accept is None else accept.decode("latin-1")
+            self._watchlist,
+            None if accept is None else accept.decode("latin-1"),
+            self._portserver,
         )
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return stream(request, parts, self._reactor)
@@ -309,10 +308,16 @@ def stream(request: _Request, parts: Iterator[bytes], reactor: IReactorTime) -> 
 class StatusPage(_Resource):
     """``/``: the status page, for people."""
 
-    def __init__(self, watchlist: Watchlist, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        watchlist: Watchlist,
+        reactor: IReactorTime,
+        portserver: PortServerFigures | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._watchlist = watchlist
         self._reactor = reactor
+        self._portserver = portserver
 
     def render_GET(self, request: _Request) -> int:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -320,222 +325,21 @@ class StatusPage(_Resource):
             b"content-security-policy",
             b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
         )
-        page = _Page(self._watchlist.targets(), self._reactor.seconds())
+        page = Page(
+            self._watchlist.targets(),
+            self._reactor.seconds(),
+            read_portserver(self._portserver),
+        )
         return stream(request, page.parts(), self._reactor)
 
 
-def _flatten(element: Flattenable) -> bytes:
-    """The page's bytes, now: it renders without waiting for anything."""
-    result: list[bytes | Failure] = []
-    flattenString(None, element).addBoth(result.append)
-    (body,) = result
-    if isinstance(body, Failure):
-        body.raiseException()
-    assert isinstance(body, bytes)
-    return body
-
-
-def human_duration(seconds: float) -> str:
-    """``seconds`` as a person reads it: ``"42 s"``, ``"3 min 5 s"``,
-    ``"2 h 7 min"``, ``"3 d 4 h"``."""
-    s = max(int(seconds), 0)
-    for unit, size, sub, subsize in (
-        ("d", 86400, "h", 3600),
-        ("h", 3600, "min", 60),
-        ("min", 60, "s", 1),
-    ):
-        if s >= size:
-            rest = (s % size) // subsize
-            return f"{s // size} {unit}" + (f" {rest} {sub}" if rest else "")
-    return f"{s} s"
-
-
-def human_latency(seconds: float) -> str:
-    """A probe's duration: ``"0.42 ms"``, ``"12 ms"``, ``"1.5 s"``."""
-    if seconds < 0.01:
-        return f"{seconds * 1000:.2f} ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    return f"{seconds:.1f} s"
-
-
-_STYLE = """
-:root { color-scheme: light; --bad: #b00020; --bad-bg: #fde7ea; --ok: #1b5e20; }
-body { font: 16px/1.4 system-ui, sans-serif; margin: 0 auto; padding: 1rem;
-  max-width: 72rem; color: #1a1a1a; background: #fff; }
-h1 { font-size: 1.4rem; margin: 0 0 .25rem; }
-.meta { color: #555; font-size: .85rem; margin: 0 0 1rem; }
-.summary { font-weight: 600; padding: .5rem .75rem; border-radius: .3rem;
-  margin: 0 0 1rem; }
-.summary.ok { background: #e8f5e9; color: var(--ok); }
-.summary.bad { background: var(--bad-bg); color: var(--bad);
-  border-left: .4rem solid var(--bad); }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .45rem .6rem; border-bottom: 1px solid #ddd;
-  vertical-align: top; }
-th { font-size: .8rem; text-transform: uppercase; letter-spacing: .04em;
-  color: #555; }
-td.num { font-variant-numeric: tabular-nums; }
-th.num, td.num { text-align: right; }
-.target { font-family: ui-monospace, monospace; overflow-wrap: anywhere; }
-.check, .short { white-space: nowrap; }
-.check { font-weight: 600; }
-tr.ok .check { color: var(--ok); }
-tr.bad { background: var(--bad-bg); }
-tr.bad td:first-child { box-shadow: inset .4rem 0 var(--bad); }
-tr.bad .check { color: var(--bad); }
-.state { font-weight: 600; }
-.quiet { color: #666; }
-.empty { padding: 2rem 1rem; text-align: center; color: #444;
-  border: 1px dashed #bbb; border-radius: .3rem; }
-@media (max-width: 40rem) {
-  body { padding: .75rem; }
-  thead { display: none; }
-  table, tbody, tr, td { display: block; width: auto; }
-  tr { border: 1px solid #ddd; border-radius: .3rem; margin: 0 0 .75rem;
-    padding: .25rem 0; }
-  tr.bad { border-color: var(--bad); }
-  td { border: 0; padding: .2rem .75rem; display: flex; gap: .75rem; }
-  td.num { text-align: left; }
-  td::before { content: attr(data-label); flex: 0 0 7.5rem; color: #555;
-    font-size: .85rem; font-weight: normal; font-family: system-ui, sans-serif; }
-  tr.bad td:first-child { box-shadow: none; }
-}
-"""
-
-#: The table's columns: heading, and class of its cells.
-_COLUMNS = (
-    ("Target", "target"),
-    ("Check", "check"),
-    ("State", "state"),
-    ("Expected", None),
-    ("For", "short"),
-    ("Last probe", "short"),
-    ("Changes", "num"),
-)
-
-
-def _class(name: str | None) -> dict[str, str]:
-    return {} if name is None else {"class": name}
-
-
-class _Page(Element):
-    """The status page: a summary, then one row per target."""
-
-    loader = TagLoader(
-        tags.html(lang="en")(
-            tags.head(
-                tags.meta(charset="utf-8"),
-                tags.meta(
-                    name="viewport", content="width=device-width, initial-scale=1"
-                ),
-                tags.meta(**{"http-equiv": "refresh", "content": str(REFRESH)}),
-                tags.title(render="title"),
-                tags.style(_STYLE),
-            ),
-            tags.body(
-                tags.h1("portend"),
-                tags.p(class_="meta", render="meta"),
-                tags.div(render="targets"),
-            ),
-        )
-    )
-
-    def __init__(self, targets: Sequence[Target], now: float) -> None:
-        super().__init__()
-        self._targets = list(targets)
-        self._now = now
-        self._bad = [t for t in self._targets if not t.as_expected]
-
-    def _summary(self) -> str:
-        total = len(self._targets)
-        if not total:
-            return "no targets"
-        if not self._bad:
-            return f"all {total} as expected"
-        return f"{len(self._bad)} of {total} not as expected"
-
-    @renderer
-    def title(self, request: object, tag: Tag) -> Tag:
-        return tag(f"portend: {self._summary()}")
-
-    @renderer
-    def meta(self, request: object, tag: Tag) -> Tag:
-        return tag(
-            f"At {utc_iso(self._now)} (UTC) \N{MIDDLE DOT} refreshes every "
-            f"{REFRESH} s \N{MIDDLE DOT} txportend {__version__}"
-        )
-
-    @renderer
-    def targets(self, request: object, tag: Tag) -> Tag | list[Tag]:
-        if not self._targets:
-            return tags.p(class_="empty")(
-                "No targets are watched. Give them with --watch or in the "
-                "configuration file."
-            )
-        summary = tags.p(
-            self._summary().capitalize(),
-            class_="summary " + ("bad" if self._bad else "ok"),
-            role="status",
-        )
-        if self._bad:
-            summary(": ", ", ".join(t.monitor.target for t in self._bad[:10]))
-            if len(self._bad) > 10:
-                summary(", \N{HORIZONTAL ELLIPSIS}")
-        head = tags.tr(*(tags.th(name, **_class(cls)) for name, cls in _COLUMNS))
-        return [summary, tags.table(tags.thead(head), tags.tbody(_ROWS))]
-
-    def parts(self) -> Iterator[bytes]:
-        """The page, in parts: all but the rows, then the rows,
-        :data:`ROWS_PER_PART` at a time."""
-        whole = b"<!DOCTYPE html>\n" + _flatten(self)
-        head, _, tail = whole.partition(_flatten(_ROWS))
-        yield head
-        for start in range(0, len(self._targets) if tail else 0, ROWS_PER_PART):
-            batch = self._targets[start : start + ROWS_PER_PART]
-            yield _flatten(tags.transparent(*(self._row(t) for t in batch)))
-        yield tail
-
-    def _row(self, target: Target) -> Tag:
-        monitor = target.monitor
-        ok = target.as_expected
-        since = monitor.since
-        held = (
-            tags.span("\N{EM DASH}", class_="quiet")
-            if since is None
-            else tags.span(
-                human_duration(self._now - since), title=f"since {utc_iso(since)}"
-            )
-        )
-        cells: tuple[Flattenable, ...] = (
-            monitor.target,
-            "\N{CHECK MARK} as expected"
-            if ok
-            else "\N{HEAVY MULTIPLICATION X} NOT as expected",
-            monitor.state.value,
-            target.expect.value,
-            held,
-            self._last_probe(target),
-            str(monitor.changes),
-        )
-        return tags.tr(class_="ok" if ok else "bad")(
-            *(
-                tags.td(cell, **{"data-label": name}, **_class(cls))
-                for cell, (name, cls) in zip(cells, _COLUMNS, strict=True)
-            )
-        )
-
-    def _last_probe(self, target: Target) -> Tag:
-        last = target.monitor.last_probe
-        if last is None:
-            return tags.span("none yet", class_="quiet")
-        outcome = last.result if last.result is not None else last.error
-        assert outcome is not None
-        label = outcome_label(outcome).replace("_", " ")
-        text = f"{label}, {human_latency(last.duration)}"
-        detail = f"at {utc_iso(last.at)}"
-        if last.result is None:
-            detail += f": {_probe_error(last)}"
-        elif not accepting(target.monitor) and last.result.queue_full():
-            text += " (accept queue full)"
-        return tags.span(text, title=detail)
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "Metrics",
+    "StatusJSON",
+    "StatusPage",
+    "make_site",
+    "stream",
+    "target_status",
+]

@@ -1,17 +1,19 @@
 """
 ``twistd portend``: watch TCP targets for as long as the daemon runs, log
-every change, and serve their state over HTTP.
+every change, and serve their state over HTTP; and, when asked, hand out
+ports as a portserver.
 
 The twistd plugin (``twisted/plugins/txportend_dropin.py``) points here:
 :class:`Options` parses the command line, :func:`makeService` builds the
 daemon, a :class:`~twisted.application.service.MultiService` of a
-:class:`~txportend._daemon.Watchlist` and a web site on each ``--listen``
-endpoint.
+:class:`~txportend._daemon.Watchlist`, a
+:class:`~txportend._portserver.PortServer` if asked for, and a web site on
+each ``--listen`` endpoint.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -25,12 +27,16 @@ from ._config import (
     CommandLine,
     ConfigError,
     Plan,
+    PortServerSpec,
     check_endpoint,
     check_interval,
+    check_portserver_address,
     check_timeout,
     plan,
 )
 from ._hostport import parse_duration, parse_target
+from ._portpool import PortPool, parse_port_ranges
+from ._portserver import CannotServe, IPortServerReactor, PortServer
 from ._reactor import IPortendReactor, get_reactor
 
 if TYPE_CHECKING:
@@ -39,6 +45,15 @@ if TYPE_CHECKING:
     from ._daemon import Watchlist
 
 log = Logger()
+
+# The options that give the daemon something to do.
+_WHAT_TO_DO = (
+    "watch",
+    "config",
+    "portserver",
+    "portserver_pool",
+    "portserver_allow_other_users",
+)
 
 
 class Options(usage.Options):
@@ -57,7 +72,8 @@ class Options(usage.Options):
 
     synopsis = (
         "[--watch HOST:PORT ...] [--interval DURATION] [--timeout DURATION] "
-        "[--listen ENDPOINT ...] [--config FILE]"
+        "[--listen ENDPOINT ...] [--config FILE] [--portserver ADDRESS "
+        "[--portserver-pool RANGES] [--portserver-allow-other-users]]"
     )
     longdesc = (
         "Watch TCP targets (HOST:PORT, [IPv6]:PORT) for as long as the daemon "
@@ -67,7 +83,9 @@ class Options(usage.Options):
         f"{DEFAULT_LISTEN[0]}, loopback only. --watch targets add to the "
         "--config file's; SIGHUP reloads the file. Durations are seconds or "
         "forms such as 1m30s; a target's own interval and timeout (in the "
-        "file) come first, then --interval and --timeout, then the file's."
+        "file) come first, then --interval and --timeout, then the file's. "
+        "With --portserver, it also hands out ports to portpicker's clients "
+        "(PORTSERVER_ADDRESS), alone or beside the targets."
     )
 
     def __init__(self) -> None:
@@ -77,6 +95,9 @@ class Options(usage.Options):
         self["interval"] = None
         self["timeout"] = None
         self["config"] = None
+        self["portserver"] = None
+        self["portserver_pool"] = None
+        self["portserver_allow_other_users"] = False
 
     def opt_watch(self, target: str) -> None:
         """Watch HOST:PORT or [IPv6]:PORT, expected occupied (repeatable)."""
@@ -104,10 +125,30 @@ class Options(usage.Options):
         """A TOML file of targets and defaults, read again on SIGHUP."""
         self["config"] = path
 
+    def opt_portserver(self, address: str) -> None:
+        """Be a portserver on this AF_UNIX socket: @NAME or a path."""
+        try:
+            self["portserver"] = check_portserver_address(address)
+        except ValueError as error:
+            raise usage.UsageError(f"--portserver: {error}") from None
+
+    def opt_portserver_pool(self, ranges: str) -> None:
+        """The portserver's ports: N-P or N, comma-separated (15000-24999)."""
+        try:
+            self["portserver_pool"] = tuple(parse_port_ranges(ranges))
+        except ValueError as error:
+            raise usage.UsageError(f"--portserver-pool: {error}") from None
+
+    def opt_portserver_allow_other_users(self) -> None:
+        """Answer every local user, not only the daemon's own."""
+        self["portserver_allow_other_users"] = True
+
     def postOptions(self) -> None:
-        if not self["watch"] and self["config"] is None:
+        # The portserver's other options without an address: plan() says so.
+        if all(self[name] in (None, [], False) for name in _WHAT_TO_DO):
             raise usage.UsageError(
-                "nothing to watch: give --watch HOST:PORT or --config FILE"
+                "nothing to do: give --watch HOST:PORT, --portserver ADDRESS "
+                "or --config FILE"
             )
         command_line = CommandLine(
             watch=tuple(self["watch"]),
@@ -115,6 +156,9 @@ class Options(usage.Options):
             timeout=self["timeout"],
             listen=tuple(self["listen"]),
             config=self["config"],
+            portserver=self["portserver"],
+            portserver_pool=self["portserver_pool"],
+            portserver_allow_other_users=self["portserver_allow_other_users"],
         )
         try:
             self["plan"] = plan(command_line)
@@ -144,10 +188,12 @@ def makeService(
 ) -> MultiService:
     """
     Build the daemon: a :class:`~txportend._daemon.Watchlist` of the
-    options' targets, and a web site serving it on each endpoint.
+    options' targets, a :class:`~txportend._portserver.PortServer` when one
+    is configured, and a web site serving them on each endpoint.
 
     :param options: parsed :class:`Options`.
-    :param reactor: the reactor to use; the global one by default.
+    :param reactor: the reactor to use; the global one by default. It must
+        provide ``IReactorUNIX`` and ``IReactorUDP`` too for a portserver.
     :return: the service for twistd to run.
     """
     from ._daemon import Watchlist
@@ -162,7 +208,11 @@ def makeService(
     )
     watchlist.setServiceParent(daemon)  # type: ignore[no-untyped-call]
     reactor = get_reactor(reactor)
-    site = _site(watchlist, reactor)
+    portserver = None
+    if start.portserver is not None:
+        portserver = _portserver(start.portserver, reactor)
+        portserver.setServiceParent(daemon)  # type: ignore[no-untyped-call]
+    site = _site(watchlist, reactor, portserver)
     for description in start.listen:
         endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
         listening = _Listening(endpoint, site)  # type: ignore[no-untyped-call]
@@ -175,30 +225,82 @@ class _Listening(StreamServerEndpointService):
     """
     The web site on one endpoint, as :func:`twisted.application.strports.service`
     makes it (listening fails at start-up, not later), but an endpoint it
-    cannot listen on ends twistd with one logged line and exit code 1, not a
-    traceback.
+    cannot listen on ends the program with one line and exit code 1, not a
+    traceback (see :func:`_cannot_start`).
     """
 
     _raiseSynchronously = True
     description = ""
 
     def privilegedStartService(self) -> None:
+        self._start_or_exit(under_twistd=True)
+
+    def startService(self) -> None:
+        if self._waitingForPort is None:  # twist: no privileged start
+            self._start_or_exit(under_twistd=False)
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def _start_or_exit(self, *, under_twistd: bool) -> None:
         try:
             super().privilegedStartService()  # type: ignore[no-untyped-call]
         except CannotListenError as error:
-            log.error(
-                "portend: error: cannot listen on {endpoint}: {reason}",
-                endpoint=self.description,
-                reason=error.socketError,
-            )
-            raise SystemExit(1) from None
+            reason = f"cannot listen on {self.description}: {error.socketError}"
+            _cannot_start(reason, under_twistd=under_twistd)
 
 
-def _site(watchlist: Watchlist, reactor: IPortendReactor) -> Site:
+def _cannot_start(reason: str, *, under_twistd: bool) -> NoReturn:
+    """
+    End the program, exit code 1, with one line: ``portend: error: REASON``.
+
+    twistd starts the services' privileged part once its log runs (and it may
+    have left the terminal): the line goes to the log. ``twist`` starts them
+    before its log begins, which would never show the line: it goes to
+    standard error, as a wrong option's does.
+    """
+    if under_twistd:
+        log.error("portend: error: {reason}", reason=reason)
+        raise SystemExit(1)
+    raise SystemExit(f"portend: error: {reason}")
+
+
+def _portserver(spec: PortServerSpec, reactor: IPortendReactor) -> PortServer:
+    return _PortServing(
+        spec.address,
+        PortPool(spec.pool),
+        reactor=cast(IPortServerReactor, reactor),
+        allow_other_users=spec.allow_other_users,
+    )
+
+
+class _PortServing(PortServer):
+    """
+    The daemon's portserver: it listens as twistd starts, with the web
+    site's endpoints, so that an address it cannot serve on (another
+    server's, a path that is not a socket) ends the program with one line
+    and exit code 1, not a traceback (see :func:`_cannot_start`).
+    """
+
+    def privilegedStartService(self) -> None:
+        self._start_or_exit(under_twistd=True)
+
+    def startService(self) -> None:
+        if not self.running:  # twist: no privileged start
+            self._start_or_exit(under_twistd=False)
+
+    def _start_or_exit(self, *, under_twistd: bool) -> None:
+        try:
+            super().startService()
+        except CannotServe as error:
+            _cannot_start(f"portserver: {error}", under_twistd=under_twistd)
+
+
+def _site(
+    watchlist: Watchlist, reactor: IPortendReactor, portserver: PortServer | None
+) -> Site:
     """The web site: the status page, ``/status`` and ``/metrics``."""
     from ._web import make_site
 
-    return make_site(watchlist, reactor=reactor)
+    return make_site(watchlist, reactor=reactor, portserver=portserver)
 
 
 __all__ = ["Options", "makeService"]
