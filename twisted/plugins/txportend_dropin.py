@@ -12,6 +12,7 @@ TxPortend = ServiceMaker(
     "portend",
     "txportend.tap",
     "Watch TCP ports: log every change, serve their state over HTTP "
-    "(a status page, JSON and Prometheus metrics).",
+    "(a status page, JSON and Prometheus metrics); optionally a portserver "
+    "that hands out ports to test suites (portpicker's protocol).",
     "portend",
 )
