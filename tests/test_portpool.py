@@ -306,12 +306,52 @@ def test_port_is_free_fails_on_errors_that_say_nothing_about_the_port() -> None:
     assert failure.value.socketError.errno == errno.EMFILE
 
 
-def _bound(kind: int, family: int, address: str) -> socket.socket:
+def _bound(kind: int, family: int, address: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind)
-    sock.bind((address, 0))
-    if kind == socket.SOCK_STREAM:
-        sock.listen(1)
+    try:
+        if family == socket.AF_INET6:  # this family only, as the check binds
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1)
+    except OSError:
+        sock.close()
+        raise
     return sock
+
+
+_ALL_FOUR = [
+    (socket.SOCK_STREAM, socket.AF_INET, "0.0.0.0"),
+    (socket.SOCK_DGRAM, socket.AF_INET, "0.0.0.0"),
+    (socket.SOCK_STREAM, socket.AF_INET6, "::"),
+    (socket.SOCK_DGRAM, socket.AF_INET6, "::"),
+]
+
+
+def _quiet_port() -> int:
+    """
+    A port below Linux's ephemeral range (which the kernel never hands out
+    by itself, unlike a port from bind(0), which a test running beside this
+    one may get for another protocol next) that is free for TCP and UDP on
+    both families right now.
+    """
+    import random
+
+    for _ in range(200):  # bounded
+        port = random.randrange(26000, 32000)
+        held: list[socket.socket] = []
+        try:
+            for kind, family, address in _ALL_FOUR:
+                if family == socket.AF_INET6 and not has_ipv6_loopback():
+                    continue
+                held.append(_bound(kind, family, address, port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return port
+    raise AssertionError("no quiet port found")
 
 
 @pytest.mark.parametrize(
@@ -331,7 +371,7 @@ async def test_port_is_free_on_real_sockets(
     released it is (nothing else holds it: the kernel just gave it to us)."""
     if family == socket.AF_INET6 and not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
-    with _bound(kind, family, address) as held:
-        port = held.getsockname()[1]
+    port = _quiet_port()
+    with _bound(kind, family, address, port):
         assert await port_is_free(reactor, port) is False
     assert await port_is_free(reactor, port) is True
