@@ -120,3 +120,23 @@ def has_ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
+
+
+def time_wait(port: int) -> tuple[int, int]:
+    """Connections in TIME_WAIT (Linux /proc): (towards ``port``, from it)."""
+    towards = from_port = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] != "06":
+                continue
+            if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                towards += 1
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                from_port += 1
+    return towards, from_port

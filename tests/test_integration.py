@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 
 import txportend
 
-from .fakes import has_ipv6_loopback
+from .fakes import has_ipv6_loopback, time_wait
 
 LOOPBACKS = ["127.0.0.1", "::1"]
 
@@ -50,23 +50,6 @@ def unused_port() -> Iterator[int]:
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def _time_wait_to(port: int) -> int:
-    """Connections in TIME_WAIT towards ``port`` (Linux /proc)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                lines = f.readlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if fields[3] == "06" and remote_port == port:
-                count += 1
-    return count
 
 
 def _listen(reactor: Any, host: str, port: int = 0) -> Any:
@@ -200,7 +183,7 @@ async def test_polling_a_listening_port_leaks_no_fd_and_bounds_time_wait(
         fds = _fds()
         # Earlier connections may have left TIME_WAIT entries towards a port
         # that the kernel has now handed to this listener: count new ones only.
-        time_wait = _time_wait_to(port)
+        before = time_wait(port)[0]
         for _ in range(300):
             result = await txportend.probe("127.0.0.1", port, reactor=reactor)
             assert result.accepted
@@ -218,7 +201,7 @@ async def test_polling_a_listening_port_leaks_no_fd_and_bounds_time_wait(
         assert _fds() <= fds
         # A probe closes politely (FIN), so it may leave one TIME_WAIT on our
         # side, never more (Linux reuses them on loopback).
-        assert _time_wait_to(port) <= time_wait + 300
+        assert time_wait(port)[0] <= before + 300
     finally:
         await listening.stopListening()
 

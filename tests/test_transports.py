@@ -28,6 +28,8 @@ import txportend
 from txportend import Outcome
 from txportend._connect import _ProbeFactory, _SocketAttempt
 
+from .fakes import time_wait
+
 Transport = Callable[[Any, float], Any]
 
 transports = pytest.mark.parametrize(
@@ -40,26 +42,6 @@ transports = pytest.mark.parametrize(
 
 #: Linux keeps a connection in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN).
 TIME_WAIT_SECONDS = 60.0
-
-
-def _time_wait(port: int) -> tuple[int, int]:
-    """Connections in TIME_WAIT (Linux /proc): (towards ``port``, from it)."""
-    towards = from_port = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                lines = f.readlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] != "06":
-                continue
-            if int(fields[2].rsplit(":", 1)[1], 16) == port:
-                towards += 1
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                from_port += 1
-    return towards, from_port
 
 
 needs_proc_net = pytest.mark.skipif(
@@ -450,7 +432,7 @@ async def test_a_long_free_wait_leaves_at_most_one_time_wait_per_probe(
     port = listening.getHost().port
     # Earlier connections may have left TIME_WAIT entries towards a port the
     # kernel has now handed to this listener: count new ones only.
-    towards, from_port = _time_wait(port)
+    towards, from_port = time_wait(port)
     probes = 0
     stopped: Deferred[None] | None = None
 
@@ -472,7 +454,7 @@ async def test_a_long_free_wait_leaves_at_most_one_time_wait_per_probe(
         await deferLater(reactor, 0.01, lambda: None)
     ends = set(factory.ends)  # type: ignore[attr-defined]
     assert ends == {"ConnectionDone"}, "a probe closed with a reset"
-    now_towards, now_from = _time_wait(port)
+    now_towards, now_from = time_wait(port)
     assert 0 < now_towards - towards <= probes
     assert now_from - from_port == 0
 

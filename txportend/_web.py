@@ -198,6 +198,21 @@ class _Resource(Resource):
         return pages.notFound().render(request)  # type: ignore[no-any-return,no-untyped-call]
 
 
+class _View(_Resource):
+    """A resource that shows the watchlist (and the portserver's figures)."""
+
+    def __init__(
+        self,
+        watchlist: Watchlist,
+        reactor: IReactorTime,
+        portserver: PortServerFigures | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._watchlist = watchlist
+        self._reactor = reactor
+        self._portserver = portserver
+
+
 def target_status(target: Target) -> dict[str, Any]:
     """One target as ``/status`` shows it."""
     monitor = target.monitor
@@ -223,19 +238,9 @@ def target_status(target: Target) -> dict[str, Any]:
     }
 
 
-class StatusJSON(_Resource):
+class StatusJSON(_View):
     """``/status``: every target's state, and the portserver's figures (or
     ``null``), as JSON."""
-
-    def __init__(
-        self,
-        watchlist: Watchlist,
-        reactor: IReactorTime,
-        portserver: PortServerFigures | None = None,
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._watchlist = watchlist
-        self._portserver = portserver
 
     def render_GET(self, request: _Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
@@ -248,19 +253,8 @@ class StatusJSON(_Resource):
         return json.dumps(status).encode("ascii") + b"\n"
 
 
-class Metrics(_Resource):
+class Metrics(_View):
     """``/metrics``: Prometheus exposition, as the ``Accept`` header asks."""
-
-    def __init__(
-        self,
-        watchlist: Watchlist,
-        reactor: IReactorTime,
-        portserver: PortServerFigures | None = None,
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._watchlist = watchlist
-        self._reactor = reactor
-        self._portserver = portserver
 
     def render_GET(self, request: _Request) -> int:
         accept = request.getHeader(b"accept")
@@ -305,19 +299,8 @@ def stream(request: _Request, parts: Iterator[bytes], reactor: IReactorTime) -> 
     return NOT_DONE_YET
 
 
-class StatusPage(_Resource):
+class StatusPage(_View):
     """``/``: the status page, for people."""
-
-    def __init__(
-        self,
-        watchlist: Watchlist,
-        reactor: IReactorTime,
-        portserver: PortServerFigures | None = None,
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._watchlist = watchlist
-        self._reactor = reactor
-        self._portserver = portserver
 
     def render_GET(self, request: _Request) -> int:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
