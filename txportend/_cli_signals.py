@@ -22,10 +22,15 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Latch:
-    """Catches :data:`SIGNALS`, and keeps the first or hands each on."""
+    """
+    Catches :data:`SIGNALS`, keeps the first and hands each on. A signal
+    that was ignored when the command line started stays ignored (a job
+    started in the background, a ``trap '' TERM``), for txportend and for
+    the command it runs.
+    """
 
     def __init__(self) -> None:
-        #: The first signal caught while nothing took them, else ``None``.
+        #: The first signal caught, else ``None``.
         self.caught: int | None = None
         self._deliver: Callable[[int], object] | None = None
         self._previous: dict[int, object] = {}
@@ -38,6 +43,9 @@ class Latch:
         """
         for signum in SIGNALS:
             try:
+                current = signal.getsignal(signum)
+                if self._previous.get(signum, current) is signal.SIG_IGN:
+                    continue  # ignored by whoever started us: it stays so
                 previous = signal.signal(signum, self._caught)
             except ValueError:  # not the main thread
                 return
@@ -57,10 +65,10 @@ class Latch:
         self._deliver = deliver
 
     def _caught(self, signum: int, frame: object) -> None:
+        if self.caught is None:
+            self.caught = signum
         if self._deliver is not None:
             self._deliver(signum)
-        elif self.caught is None:
-            self.caught = signum
 
 
 #: The command line's one latch.

@@ -60,8 +60,11 @@ class ProbeLoop:
         want: State | None = None,
     ) -> None:
         self._reactor = self.reactor = reactor
-        #: When the latest probe started, in the reactor's ``seconds()``.
-        self.started_at = 0.0
+        #: When the latest probe started, in the reactor's ``seconds()``
+        #: (``None`` before the first).
+        self.started_at: float | None = None
+        #: Whether the probe in flight is still looking its name up.
+        self.resolving = False
         self._target = client_host(host)
         self._port = port
         self._policy = policy
@@ -98,7 +101,7 @@ class ProbeLoop:
         if not self._running:
             return
         self._running = False
-        self._pacing.leave()
+        self._pacing.leave(probed=self.started_at is not None)
         if self._hints is not None:
             self._hints.close()
             self._hints = None
@@ -125,6 +128,7 @@ class ProbeLoop:
     def _probe(self) -> None:
         self._next = None
         self.started_at = self._reactor.seconds()
+        self.resolving = True
         try:
             inflight = probe_checked(
                 self._reactor,
@@ -132,16 +136,21 @@ class ProbeLoop:
                 self._port,
                 self._probe_timeout,
                 self._lookup_timeout,
+                resolved=self._resolved,
             )
         except Exception:
             inflight = fail()
         self._inflight = inflight
         inflight.addBoth(self._probed)
 
+    def _resolved(self) -> None:
+        self.resolving = False
+
     def _probed(self, outcome: ProbeResult | Failure) -> None:
         if not self._running:
             return  # stopped: this is the cancellation
         self._inflight = None
+        self.resolving = False
         if self._seen(outcome) or not self._running:
             self.stop()
             return
@@ -237,17 +246,16 @@ class _TableHints:
 
     def stretch(self, pause: float) -> float:
         """
-        The budget stretches the pause, unless the table says the port is
-        already as wanted and the probe just missed it (a dropped SYN under
-        load, say): then keep the plain pace. While the table says it is
-        not, the table will wake the loop: probing is only the safety net
-        for what the table can't see (another namespace, say).
+        The plain budget stretches the pause, also when the table says the
+        port is already as wanted and the probe missed it (it may listen on
+        another address than the one probed). While the table says it is
+        not, the table will wake the loop, so the pause is the watched
+        budget's: probing is only the safety net for what the table can't
+        see (another namespace, say).
         """
         known = self._pacing.watcher.listening(self._port)
-        if known is None:
+        if known is None or known == self._want:
             return self._pacing.pause(pause)
-        if known == self._want:
-            return pause
         self._stretched = (self._reactor.seconds(), pause)
         return self._pacing.pause(pause, watched=True)
 

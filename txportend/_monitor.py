@@ -128,7 +128,10 @@ class Monitor(Service):
     :ivar state: the :class:`State` now: :attr:`State.UNKNOWN` until the
         first probe ends, while the name does not resolve, and after a probe
         this machine could not make (out of file descriptors, say: logged);
-        never :attr:`State.FREE` for want of an answer.
+        never :attr:`State.FREE` for want of an answer. A monitor stopped
+        and started again keeps its state, counters and history until its
+        next probe says otherwise, so a restart (the daemon's reload, say)
+        reports no change that did not happen.
     :ivar since: when ``state`` began, in the reactor's ``seconds()``
         (``None`` until the service first starts).
     :ivar changes: how many times ``state`` has changed.
@@ -193,6 +196,9 @@ class Monitor(Service):
         return unsubscribe
 
     def startService(self) -> None:
+        """Start probing (a monitor already running is left as it is)."""
+        if self._loop is not None:
+            return
         super().startService()  # type: ignore[no-untyped-call]
         reactor = get_reactor(self._reactor)
         if self.since is None:
@@ -220,9 +226,11 @@ class Monitor(Service):
 
     def _seen(self, outcome: ProbeResult | Failure) -> bool:
         loop = self._loop
-        assert loop is not None
+        if loop is None:
+            return True  # stopped meanwhile
         now = loop.reactor.seconds()
-        duration = max(now - loop.started_at, 0.0)
+        started = now if loop.started_at is None else loop.started_at
+        duration = max(now - started, 0.0)
         if isinstance(outcome, ProbeResult):
             self.probes[outcome_label(outcome)] += 1
             self.last_probe = LastProbe(outcome, None, now, duration)

@@ -103,9 +103,12 @@ class Pacing:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.budget
 
-    def leave(self) -> None:
-        """A loop stopped."""
+    def leave(self, probed: bool = True) -> None:
+        """A loop stopped; one that never made its first probe gives its
+        place in the spread back."""
         self.active -= 1
+        if not probed:
+            self._tokens = min(float(self.burst), self._tokens + 1.0)
 
     def pause(self, pause: float, *, watched: bool = False) -> float:
         """``pause`` seconds, stretched to the budget's share of each loop

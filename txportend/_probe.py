@@ -16,7 +16,7 @@ import contextlib
 import errno
 import math
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
@@ -208,6 +208,7 @@ def probe_checked(
     port: int,
     timeout: float,
     lookup_timeout: float = math.inf,
+    resolved: Callable[[], object] | None = None,
 ) -> Deferred[ProbeResult]:
     """
     :func:`probe` with its arguments already checked, and bind addresses
@@ -219,9 +220,13 @@ def probe_checked(
     :param lookup_timeout: seconds for the whole probe, the lookup included
         (``math.inf``: the lookup has no limit of its own, as in a wait,
         whose deadline bounds it).
+    :param resolved: called once the addresses are known (at once for an
+        address literal), before the connection attempts start.
     """
 
     def connect_all(addresses: list[str]) -> Deferred[ProbeResult]:
+        if resolved is not None:
+            resolved()
         seconds = timeout
         if math.isfinite(lookup_timeout) and started is not None:
             left = lookup_timeout - (reactor.seconds() - started)

@@ -135,9 +135,15 @@ class _Wait:
         self._finish(self._timeout_error())
 
     def _lookup_timed_out(self) -> None:
-        # A probe that outlives its own timeout is a lookup still running.
         self._deadline = None
-        self._finish(self._timeout_error(lookup_unfinished=True))
+        if self._loop.resolving or not self._loop.probing:
+            self._finish(self._timeout_error(lookup_unfinished=self._loop.resolving))
+            return
+        # The lookup finished late: the connection attempt it started has its
+        # own timeout, and its answer decides.
+        self._deadline = self._reactor.callLater(
+            self._probe_timeout, self._lookup_timed_out
+        )
 
     def _stop(self) -> None:
         self._loop.stop()

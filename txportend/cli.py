@@ -764,33 +764,55 @@ def _find() -> int:
     """
     Print a port to use: from the portserver at ``PORTSERVER_ADDRESS`` when
     it is set (reserved for the process that ran this one, as portpicker's
-    command line does), else one nothing is bound to now.
+    command line does), else one nothing is bound to now. A signal stops it
+    (128 + N).
     """
+    from twisted.internet.defer import CancelledError
+
     found: list[int] = []
     address = os.environ.get("PORTSERVER_ADDRESS")
 
     def start(reactor: IReactorCore) -> Deferred[None]:
+        asked: Deferred[int]
         if address:
             from ._portclient import request_port
 
             # This process ends at once: the port is held for its parent.
             asked = request_port(address, pid=os.getppid(), reactor=reactor)  # type: ignore[arg-type]
-            return asked.addCallback(found.append)
-        from ._probe import find_available_local_port
+        else:
+            from ._probe import find_available_local_port
 
-        return find_available_local_port(reactor=reactor).addCallback(  # type: ignore[arg-type]
-            found.append
-        )
+            asked = find_available_local_port(reactor=reactor)  # type: ignore[arg-type]
 
+        def begin() -> None:
+            latch.install()  # back from the reactor's own handlers
+            if latch.caught is not None:
+                asked.cancel()
+            else:
+                latch.deliver_to(
+                    lambda signum: reactor.callFromThread(asked.cancel)  # type: ignore[attr-defined]
+                )
+
+        reactor.callWhenRunning(begin)
+        return asked.addCallback(found.append)
+
+    if latch.caught is not None:
+        return _interrupted(latch.caught)
     try:
         _react(start)
+    except CancelledError:
+        pass  # a signal: said below
     except ValueError as error:  # a PORTSERVER_ADDRESS that is no address
         say_error(f"PORTSERVER_ADDRESS: {error}")
         return EXIT_USAGE
     except OSError as error:  # txportend.PortServerError, CannotListenError
-        say_error(describe(error))
-        return EXIT_FAILED
-    if not found:  # a signal stopped the reactor first
+        if latch.caught is None:
+            say_error(describe(error))
+            return EXIT_FAILED
+    finally:
+        latch.deliver_to(None)
+        latch.install()
+    if not found:  # a signal stopped it first
         return _interrupted(latch.caught if latch.caught is not None else 2)
     return _output_only(f"{found[0]}\n")
 
@@ -834,8 +856,13 @@ def _main(argv: Sequence[str]) -> int:
             code = _wait(options, time.monotonic() - started).report(options)
         if code or options.command is None:
             return code
-        if latch.caught is not None:  # after the wait, before the command
-            return _interrupted(latch.caught)
+        # The command gets the signal dispositions txportend was started
+        # with; a signal that came before this point stops it here, one after
+        # it finds the command (or, before the exec, those dispositions).
+        caught = latch.caught
+        latch.restore()
+        if caught is not None:
+            return _interrupted(caught)
         return run(options.command)
     except KeyboardInterrupt:
         return _interrupted(2)
