@@ -499,6 +499,10 @@ def _summary(
         "peak_rss_mib": results["peak_rss_mib"],
         "scrapes": [{k: v for k, v in s.items() if k != "body"} for s in scrapes],
         "scrape_seconds": [s["seconds"] for s in answered],
+        "scrape_seconds_text": [s["seconds"] for s in answered if not s["openmetrics"]],
+        "scrape_seconds_openmetrics": [
+            s["seconds"] for s in answered if s["openmetrics"]
+        ],
         "scrape_failures": len(scrapes) - len(answered),
         "metrics_checks": checks,
         "states": results["states"],
