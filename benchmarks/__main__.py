@@ -460,6 +460,11 @@ def scenario_monitors(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
     peak = d["steady_max"] / mean if mean else math.inf
     free = d["states"].get("free", 0)
     problems = [scaled] if scaled else []
+    if d["waited_for_ports"] >= 1:
+        problems.append(
+            f"waited {d['waited_for_ports']:.0f} s for an earlier run's "
+            "TIME_WAIT sockets to free enough ports"
+        )
     if d["error_count"]:
         problems.append(f"{d['error_count']} probes not made ({d['errors'][0]})")
     if d["left_delayed_calls"] or d["left_selectables"]:
@@ -572,6 +577,11 @@ def scenario_daemon(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
     )
     mid = interval + (duration - interval) / 2
     problems = [scaled] if scaled else []
+    if d["waited_for_ports"] >= 1:
+        problems.append(
+            f"waited {d['waited_for_ports']:.0f} s for an earlier run's "
+            "TIME_WAIT sockets to free enough ports"
+        )
     if d["error_count"]:
         problems.append(f"{d['error_count']} probes not made ({d['errors'][0]})")
     if d["error_lines"]:
@@ -735,7 +745,10 @@ def scenario_daemon(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
             f"{n}/{n}",
             "PASS" if d["as_expected"] == n and up == d["open"] else "FAIL",
             f"states {d['states']}; /metrics: {up} up of {d['open']} open; "
-            f"{d['change_lines']} changes logged; {'; '.join(problems)}".rstrip("; "),
+            f"{d['change_lines']} changes logged; {d['time_wait']} sockets in "
+            f"TIME_WAIT with the targets at the end; {'; '.join(problems)}".rstrip(
+                "; "
+            ),
         ),
         Row(name, "start-up", d["start_seconds"], None, "s", "-", "-"),
         Row(

@@ -255,6 +255,44 @@ def _wait_for(path: str, process: subprocess.Popen[bytes], seconds: float) -> An
     return None
 
 
+def _time_wait(ports: set[int] | None = None) -> int | None:
+    """Sockets in TIME_WAIT on IPv4 (those with one end on ``ports``, if
+    given), or ``None`` where Linux's table can't be read."""
+    try:
+        with open("/proc/net/tcp") as table:
+            lines = table.read().splitlines()[1:]
+    except OSError:
+        return None
+    count = 0
+    for line in lines:
+        fields = line.split()
+        if fields[3] != "06":  # TCP_TIME_WAIT
+            continue
+        ends = {int(f.rsplit(":", 1)[1], 16) for f in fields[1:3]}
+        count += ports is None or bool(ends & ports)
+    return count
+
+
+def _wait_for_ports(n: int) -> float:
+    """
+    Wait (at most 90 s) until ``n`` more ephemeral ports can be bound: the
+    probes of an earlier run leave a socket in TIME_WAIT for 60 s per
+    connection accepted, each holding one of them. Return the seconds waited.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+    except (OSError, ValueError):
+        return 0.0
+    began = time.monotonic()
+    for _ in range(45):
+        taken = _time_wait()
+        if taken is None or high - low + 1 - taken >= n + 2000:
+            break
+        time.sleep(2)
+    return time.monotonic() - began
+
+
 def _scrape(port: int, accept: str | None) -> dict[str, Any]:
     connection = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
     headers = {} if accept is None else {"Accept": accept}
@@ -377,6 +415,7 @@ def run_side(
     With ``budget``, the daemon's reactor gets a :class:`txportend.Pacing`
     of that many probes a second instead of its own (the quick run).
     """
+    waited = _wait_for_ports(n)
     work = tempfile.mkdtemp(prefix="txportend-bench-")
     server = HelperServer(lifetime=duration + 300)
     daemon: subprocess.Popen[bytes] | None = None
@@ -434,6 +473,7 @@ def run_side(
         results = _wait_for(params["results"], daemon, duration + 60)
         if results is None:
             return {"unavailable": "the daemon gave no results: " + _tail(files)}
+        time_wait = _time_wait(set(ports))
         stopping = time.monotonic()
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -452,7 +492,11 @@ def run_side(
         shutil.rmtree(work, ignore_errors=True)
     return _summary(
         n, interval, duration, budget, ready, results, done, stop_seconds, log_text
-    ) | {"start_seconds": ready["running_after"] + (t0 - launched)}
+    ) | {
+        "start_seconds": ready["running_after"] + (t0 - launched),
+        "waited_for_ports": waited,
+        "time_wait": time_wait,
+    }
 
 
 def _tail(files: dict[str, str]) -> str:
