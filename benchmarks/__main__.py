@@ -596,6 +596,7 @@ def scenario_daemon(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
     times = d["scrape_seconds"]
     checks = d["metrics_checks"]
     up = checks[-1]["portend_up"] if checks else None
+    expected = checks[-1]["portend_as_expected"] if checks else None
     return [
         Row(
             name,
@@ -743,12 +744,13 @@ def scenario_daemon(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
             None,
             "",
             f"{n}/{n}",
-            "PASS" if d["as_expected"] == n and up == d["open"] else "FAIL",
-            f"states {d['states']}; /metrics: {up} up of {d['open']} open; "
-            f"{d['change_lines']} changes logged; {d['time_wait']} sockets in "
-            f"TIME_WAIT with the targets at the end; {'; '.join(problems)}".rstrip(
-                "; "
-            ),
+            "PASS"
+            if d["as_expected"] == n and up == d["open"] and expected == n
+            else "FAIL",
+            f"states {d['states']}; /metrics: {up} up of {d['open']} open, "
+            f"{expected} as expected; "
+            f"{d['change_lines']} changes logged; {d['time_wait']} probes' "
+            f"sockets in TIME_WAIT at the end; {'; '.join(problems)}".rstrip("; "),
         ),
         Row(name, "start-up", d["start_seconds"], None, "s", "-", "-"),
         Row(

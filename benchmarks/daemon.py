@@ -256,8 +256,9 @@ def _wait_for(path: str, process: subprocess.Popen[bytes], seconds: float) -> An
 
 
 def _time_wait(ports: set[int] | None = None) -> int | None:
-    """Sockets in TIME_WAIT on IPv4 (those with one end on ``ports``, if
-    given), or ``None`` where Linux's table can't be read."""
+    """Sockets in TIME_WAIT on IPv4 (with ``ports``, only those connected to
+    one of them: the probing side's), or ``None`` where Linux's table can't
+    be read."""
     try:
         with open("/proc/net/tcp") as table:
             lines = table.read().splitlines()[1:]
@@ -268,8 +269,7 @@ def _time_wait(ports: set[int] | None = None) -> int | None:
         fields = line.split()
         if fields[3] != "06":  # TCP_TIME_WAIT
             continue
-        ends = {int(f.rsplit(":", 1)[1], 16) for f in fields[1:3]}
-        count += ports is None or bool(ends & ports)
+        count += ports is None or int(fields[2].rsplit(":", 1)[1], 16) in ports
     return count
 
 
