@@ -36,6 +36,12 @@ daemon at fixed times) over the steady part (``interval`` s after the
 start, when every target has had its first probe, to the end): its first
 half without scrapes, its second half with them; the difference gives the
 CPU of one scrape. Peak RSS is the daemon's ``ru_maxrss``.
+
+Also: the start-up (from launching twistd to its reactor running), the stop
+(from ``SIGTERM`` to the process's exit), the states at the end, and the
+probing side's sockets in TIME_WAIT. Each accepted probe leaves one for 60 s,
+holding an ephemeral port, so a run first waits (at most 90 s) until there
+are ports enough to bind the targets.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=0.0.1;q=0.75,"
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
+
+TWISTD = "from twisted.scripts.twistd import run; run()"
 
 _TAC = """\
 # Written by the benchmarks' scenario 8 for twistd -y.
@@ -338,10 +346,11 @@ def _count_ones(body: str, openmetrics: bool) -> dict[str, int]:
 def _stats(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {"count": 0}
+    p99 = percentile(values, 99)
     return {
         "count": len(values),
         "median": median(values),
-        "p99": percentile(values, 99),
+        "p99": p99,
         "max": max(values),
     }
 
@@ -445,17 +454,10 @@ def run_side(
         with open(files["daemon.tac"], "w") as f:
             f.write(_TAC.format(here=HERE, params=files["params.json"]))
         launched = time.monotonic()
+        command = [sys.executable, "-c", TWISTD, "--nodaemon", "--pidfile="]
         with open(files["twistd.log"], "wb") as log:
             daemon = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "from twisted.scripts.twistd import run; run()",
-                    "--nodaemon",
-                    "--pidfile=",
-                    "--python",
-                    files["daemon.tac"],
-                ],
+                [*command, "--python", files["daemon.tac"]],
                 cwd=work,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -515,7 +517,9 @@ def _summary(
     stop_seconds: float,
     log_text: str,
 ) -> dict[str, Any]:
-    pause = max(interval, n / (budget or 1000.0))
+    from txportend._pacing import PROBE_BUDGET
+
+    pause = max(interval, n / (budget or PROBE_BUDGET))
     figures = _analyse(n, interval, pause, ready, results, scrapes)
     (t_0, c_0), (t_s, c_s), (t_m, c_m), (t_e, c_e) = results["readings"]
     quiet_cpu = (c_m - c_s) / (t_m - t_s)
@@ -523,11 +527,7 @@ def _summary(
     answered = [s for s in scrapes if s.get("status") == 200]
     checks = [_count_ones(s["body"], s["openmetrics"]) for s in answered[-2:]]
     lines = log_text.splitlines()
-    reactor = [
-        line.split("reactor class: ", 1)[1].rstrip(".")
-        for line in lines
-        if "reactor class: " in line
-    ]
+    reactor = [x.split("reactor class: ")[1] for x in lines if "reactor class: " in x]
     return {
         "n": n,
         "interval": interval,
@@ -561,7 +561,7 @@ def _summary(
             for line in lines
             if "Traceback" in line or "#error]" in line or "#critical]" in line
         ][:5],
-        "reactor": reactor[0] if reactor else "?",
+        "reactor": reactor[0].rstrip(".") if reactor else "?",
         "gc_longest_pause": results["gc_longest_pause"],
         "gc_full_collections": results["gc_full_collections"],
     }
