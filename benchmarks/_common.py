@@ -171,6 +171,7 @@ def run_child(
             text=True,
             timeout=timeout,
             cwd=tempfile.gettempdir(),
+            env=_absolute_pythonpath(),
         )
     except subprocess.TimeoutExpired:
         return ChildResult(False, error=f"timed out after {timeout:.0f} s")
@@ -185,6 +186,17 @@ def run_child(
     if "unavailable" in data:
         return ChildResult(False, data, error=str(data["unavailable"]))
     return ChildResult(True, data)
+
+
+def _absolute_pythonpath() -> dict[str, str]:
+    """The environment, with a relative ``PYTHONPATH`` (``PYTHONPATH=.``)
+    made absolute: the child starts in another directory."""
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p
+        )
+    return env
 
 
 def module_available(name: str) -> str | None:
