@@ -307,6 +307,8 @@ def test_version() -> None:
 # -- bad usage and input: exit 2, one line ---------------------------------------
 
 BAD = [
+    (["--find", "--json"], "--find takes no --json"),
+    (["--find", "-t", "5", "--interval", "1"], "--find takes no --timeout, --interval"),
     (["localhost", "occupied"], "'localhost': missing port"),
     (["localhost:0", "occupied"], "'localhost:0': port must be a number in 1..65535"),
     (["localhost:70000", "free"], "port must be a number in 1..65535"),

@@ -164,6 +164,47 @@ def test_a_bad_start_is_one_line_and_a_non_zero_exit(
     assert done.stderr.startswith(f"portend: error: {message}")
 
 
+def test_in_the_background_too_it_ends_with_one_line_and_exit_1(
+    tmp_path: Path,
+) -> None:
+    """twistd without -n: its parent, still in the terminal, reports the one
+    line and exits 1 (it waited for ever when the daemon ended with
+    SystemExit), and the log has the line and no traceback."""
+    taken, port = bound()
+    log = tmp_path / "portend.log"
+    with taken:
+        taken.listen()
+        done = subprocess.run(
+            [
+                twistd(),
+                f"--pidfile={tmp_path / 'portend.pid'}",
+                f"--logfile={log}",
+                "portend",
+                "--watch",
+                "127.0.0.1:1",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            capture_output=True,
+            text=True,
+            env=environment(),
+            cwd=tmp_path,
+            timeout=PATIENCE,
+        )
+    reason = (
+        f"portend: error: cannot listen on tcp:{port}:interface=127.0.0.1: "
+        "[Errno 98] Address already in use"
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0] == f"An error has occurred: b'{reason}'"
+    logged = log.read_text()
+    assert "Traceback" not in logged
+    errors = [line for line in logged.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert errors[0].endswith(f"[txportend.tap#error] {reason}")
+    assert not (tmp_path / "portend.pid").exists()
+
+
 def test_an_endpoint_it_cannot_listen_on_is_one_logged_line_and_exit_1(
     tmp_path: Path,
 ) -> None:

@@ -285,9 +285,16 @@ def test_head_works_where_get_does(path: str) -> None:
 )
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
 def test_any_other_path_is_404(path: str, method: str) -> None:
+    """Plain text, with the headers every other answer has."""
     reactor, watchlist = two_targets()
     response = request(make_site(watchlist, reactor=reactor), reactor, path, method)
     assert response.code == 404
+    assert response.header("cache-control") == "no-store"
+    assert response.header("content-type") == "text/plain; charset=utf-8"
+    if method == "HEAD":
+        assert response.body == b""
+    else:
+        assert b"/status" in response.body
 
 
 @pytest.mark.parametrize("path", ["/", "/status", "/metrics"])

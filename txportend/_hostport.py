@@ -492,7 +492,7 @@ def parse_duration(text: str) -> float:
     if any(char in body for char in "+-"):
         raise ValueError(
             f"{text!r} is not a duration (a sign goes only in front of the "
-            "whole value, as in -1m30s)"
+            "whole value, as in --timeout=-1m30s)"
         )
     if ":" in body:
         raise ValueError(f"{text!r} is not a duration (write 1h30m or 1m30s)")

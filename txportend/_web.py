@@ -21,7 +21,6 @@ from twisted.internet.task import Cooperator, TaskFinished, TaskStopped
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
-from twisted.web import pages
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -136,6 +135,7 @@ class _Site(Site):
     """A Site that keeps at most ``max_connections`` connections open."""
 
     protocol = _Channel  # type: ignore[assignment]  # HTTP/1.x: no HTTP/2
+    noisy = False  # no "Starting factory" lines in the daemon's log
 
     def __init__(self, resource: IResource, *, max_connections: int, **kw: Any) -> None:
         super().__init__(resource, **kw)  # type: ignore[no-untyped-call]
@@ -177,13 +177,17 @@ class _Resource(Resource):
     405 for any other method, 404 for any path below.
     """
 
+    #: Whether other methods get 405 (any method gets 404 on a path that
+    #: is not there).
+    only_get_and_head = True
+
     def getChild(self, path: bytes, request: _Request) -> IResource:
-        return pages.notFound()
+        return _NotFound()  # type: ignore[no-untyped-call]
 
     def render(self, request: _Request) -> bytes | int:
         for name, value in _SECURITY_HEADERS.items():
             request.setHeader(name, value)
-        if request.method not in (b"GET", b"HEAD"):
+        if self.only_get_and_head and request.method not in (b"GET", b"HEAD"):
             request.setResponseCode(405)
             request.setHeader(b"allow", b"GET, HEAD")
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -195,7 +199,9 @@ class _Resource(Resource):
         return body
 
     def render_GET(self, request: _Request) -> bytes | int:
-        return pages.notFound().render(request)  # type: ignore[no-any-return,no-untyped-call]
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"Not found: the paths are /, /status and /metrics.\n"
 
 
 class _View(_Resource):
@@ -211,6 +217,14 @@ class _View(_Resource):
         self._watchlist = watchlist
         self._reactor = reactor
         self._portserver = portserver
+
+
+class _NotFound(_Resource):
+    """Any other path: 404 (``_Resource.render_GET``), plain text, with the
+    headers every answer has."""
+
+    isLeaf = True
+    only_get_and_head = False
 
 
 def target_status(target: Target) -> dict[str, Any]:

@@ -296,6 +296,17 @@ def _parse(argv: Sequence[str]) -> _Options:
     if args.find:
         if words or command is not None:
             raise _UsageError("--find takes no targets, state or command")
+        unused = [
+            option
+            for option, given in (
+                ("--json", args.json),
+                ("--timeout", args.timeout is not None),
+                ("--interval", args.interval is not None),
+            )
+            if given
+        ]
+        if unused:
+            raise _UsageError(f"--find takes no {', '.join(unused)}")
         return _Options(find=True)
     if not words:
         raise _UsageError(

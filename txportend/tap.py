@@ -13,6 +13,8 @@ each ``--listen`` endpoint.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.application.internet import StreamServerEndpointService
@@ -69,6 +71,13 @@ class Options(usage.Options):
     to run and ``options["command_line"]`` what was given (read again on
     ``SIGHUP``).
     """
+
+    def opt_version(self) -> NoReturn:
+        """Print txportend's version and exit."""
+        from ._version import __version__
+
+        print(f"txportend {__version__} (twistd portend)")
+        raise SystemExit(0)
 
     synopsis = (
         "[--watch HOST:PORT ...] [--interval DURATION] [--timeout DURATION] "
@@ -259,8 +268,31 @@ def _cannot_start(reason: str, *, under_twistd: bool) -> NoReturn:
     """
     if under_twistd:
         log.error("portend: error: {reason}", reason=reason)
+        if _daemonized():
+            # twistd's parent, still in the terminal, waits for the daemon's
+            # word and reports an exception in one line ("An error has
+            # occurred: portend: error: ..."); SystemExit would leave it
+            # waiting for ever. twistd then lets the exception end the
+            # daemon, whose traceback would follow the line in the log: the
+            # process is ending, so it prints nothing more.
+            sys.excepthook = lambda *exc_info: None
+            raise _StartError(f"error: {reason}")
         raise SystemExit(1)
     raise SystemExit(f"portend: error: {reason}")
+
+
+#: What twistd's parent shows as ``portend: error: REASON``.
+_StartError = type("portend", (Exception,), {"__module__": "builtins"})
+
+
+def _daemonized() -> bool:
+    """Whether twistd has left the terminal: its daemon mode points the
+    three standard streams at the null device (``-n`` leaves them be)."""
+    try:
+        null = os.stat(os.devnull)
+        return all(os.path.samestat(os.fstat(fd), null) for fd in (0, 1, 2))
+    except OSError:
+        return False
 
 
 def _portserver(spec: PortServerSpec, reactor: IPortendReactor) -> PortServer:
