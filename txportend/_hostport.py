@@ -173,6 +173,8 @@ def check_host(host: object) -> None:
     :raises TypeError: for a host that is not a :class:`str` (``127``,
         ``b"127.0.0.1"``).
     """
+    if type(host) is str and _is_ipv4_literal(host):
+        return  # the common case, decided at once
     if host is None or host == "":
         raise ValueError("Host values of '' or None are not allowed.")
     if not isinstance(host, str):
@@ -193,6 +195,16 @@ def check_host(host: object) -> None:
     if _is_ipv4(host):
         return
     _check_name(host)
+
+
+def _is_ipv4_literal(host: str) -> bool:
+    """A dotted-quad IPv4 literal (``inet_pton``'s rule, as strict as
+    :class:`ipaddress.IPv4Address`'s: no leading zeros, four parts)."""
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return False
+    return True
 
 
 def _is_ipv4(host: str) -> bool:

@@ -9,7 +9,7 @@ API's calling-thread path use it before (or without) the reactor.
 from __future__ import annotations
 
 import enum
-import ipaddress
+import socket
 from dataclasses import dataclass
 
 from ._hostport import client_host, is_loopback
@@ -110,9 +110,10 @@ ProbeResult.__module__ = "txportend"
 def is_address(host: str) -> bool:
     """Whether ``host`` is an IPv4 or IPv6 address literal (not a name);
     a scoped IPv6 literal (``fe80::1%eth0``) counts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
+        socket.inet_pton(family, host.partition("%")[0])
+    except (OSError, ValueError):
         return False
     return True
 
