@@ -460,11 +460,6 @@ def scenario_monitors(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
     peak = d["steady_max"] / mean if mean else math.inf
     free = d["states"].get("free", 0)
     problems = [scaled] if scaled else []
-    if d["waited_for_ports"] >= 1:
-        problems.append(
-            f"waited {d['waited_for_ports']:.0f} s for an earlier run's "
-            "TIME_WAIT sockets to free enough ports"
-        )
     if d["error_count"]:
         problems.append(f"{d['error_count']} probes not made ({d['errors'][0]})")
     if d["left_delayed_calls"] or d["left_selectables"]:
