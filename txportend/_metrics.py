@@ -411,7 +411,7 @@ class Exposition:
     ``prometheus_client`` gives for the whole registry, byte for byte.
 
     The lines are kept for the targets of the latest scrape, in the latest
-    :data:`FORMATS` formats asked for: about 10 MB a format for 10,000
+    :data:`FORMATS` formats asked for: about 12 MB a format for 10,000
     targets.
 
     :param watchlist: the targets.
