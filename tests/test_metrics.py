@@ -5,17 +5,35 @@ prometheus_client's text parser and its OpenMetrics parser.
 
 from __future__ import annotations
 
+import functools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from prometheus_client.registry import CollectorRegistry
 
 import txportend
+import txportend._metrics
 from txportend import Monitor, State
-from txportend._metrics import SLICE, metrics
+from txportend._metrics import (
+    _SERIES,
+    FORMATS,
+    SLICE,
+    Collector,
+    Exposition,
+    _daemon_families,
+    _portserver_families,
+    read,
+    read_portserver,
+)
+from txportend._monitor import PROBE_OUTCOMES
 
 from .fakes import accept, memory_reactor, refuse, time_out
 from .test_web import T0, PortServer, Target, Watchlist, two_targets, watched
@@ -26,7 +44,7 @@ OPEN_METRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 def scrape(
     watchlist: Watchlist, accept: str | None = None, portserver: Any = None
 ) -> tuple[str, str]:
-    parts, content_type = metrics(watchlist, accept, portserver)
+    parts, content_type = Exposition(watchlist, portserver).metrics(accept)
     return b"".join(parts).decode("utf-8"), content_type
 
 
@@ -186,7 +204,7 @@ def test_many_targets_are_encoded_in_slices_as_one_exposition(
     targets = [watched(reactor, 1000 + n) for n in range(count)]
     for n in range(100):  # Pacing lets 100 first probes go at once
         (accept if n % 2 else refuse)(reactor, n)
-    parts, _ = metrics(Watchlist(targets), accept_header)
+    parts, _ = Exposition(Watchlist(targets)).metrics(accept_header)
     chunks = list(parts)
     assert len(chunks) == 6 * 3 + 1
     text = b"".join(chunks).decode()
@@ -207,7 +225,7 @@ def test_the_monitors_are_read_when_asked() -> None:
     even if a probe ends while it is being encoded."""
     reactor = memory_reactor()
     target = watched(reactor, 8080)
-    parts, _ = metrics(Watchlist([target]), None)
+    parts, _ = Exposition(Watchlist([target])).metrics(None)
     refuse(reactor)
     found = samples(b"".join(parts).decode())
     assert by_target(found, "portend_state_changes_total") == {"127.0.0.1:8080": 0.0}
@@ -261,8 +279,228 @@ def test_no_portserver_no_portserver_series() -> None:
 def test_the_portserver_is_read_when_asked() -> None:
     """Read once per scrape, at the moment it is asked for."""
     portserver = PortServer()
-    parts, _ = metrics(Watchlist(), None, portserver)
+    parts, _ = Exposition(Watchlist(), portserver).metrics(None)
     assert portserver.reads == 1
     portserver.requests_served = 99
     found = samples(b"".join(parts).decode())
     assert found[("portend_portserver_requests_total", ("result", "served"))] == 7.0
+
+
+# The kept lines: a scrape re-encodes only the samples whose value changed,
+# and gives what prometheus_client gives for the whole registry.
+
+ACCEPTS = [
+    None,
+    OPEN_METRICS,
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8",
+    "application/openmetrics-text; version=1.0.0; escaping=values",
+    "text/plain; version=1.0.0; escaping=dots",
+]
+
+
+@dataclass
+class Result:
+    accepted: bool
+
+
+@dataclass
+class LastProbe:
+    result: Result | None
+    duration: float
+
+
+@dataclass
+class FakeMonitor:
+    """What :func:`txportend._metrics.read` reads of a Monitor."""
+
+    target: str
+    last_probe: LastProbe | None = None
+    probes: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(PROBE_OUTCOMES, 0)
+    )
+    changes: int = 0
+    since: float | None = None
+
+
+@dataclass
+class FakeTarget:
+    monitor: FakeMonitor
+    as_expected: bool = False
+
+
+def whole(watchlist: Any, accept: str | None, portserver: Any = None) -> bytes:
+    """prometheus_client's encoding of every family at once."""
+    encode, _ = choose_encoder(accept or "")
+    families = []
+    readings = read(watchlist)
+    for series in _SERIES:
+        family = series.family()
+        for r in readings:
+            values = series.values(series.key(r))
+            for extra, value in zip(series.extras, values, strict=False):
+                family.add_metric([r.target, *extra], value)  # type: ignore[attr-defined]
+        families.append(family)
+    families += _daemon_families(watchlist.reload_successful)
+    if portserver is not None:
+        families += _portserver_families(read_portserver(portserver))  # type: ignore[arg-type]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(families))
+    return encode(registry)
+
+
+ODD_VALUES = [0.0, -0.0, 1.0, 1, True, False, float("inf"), float("nan"), 1e-7]
+
+
+def change(rng: random.Random, monitor: FakeMonitor, target: FakeTarget) -> None:
+    """One random change of what a target shows."""
+    what = rng.randrange(7)
+    if what == 0:
+        accepted = rng.random() < 0.5
+        monitor.last_probe = LastProbe(Result(accepted), rng.random())
+        monitor.probes["accepted" if accepted else "refused"] += 1
+    elif what == 1:
+        target.as_expected = not target.as_expected
+    elif what == 2:
+        duration = rng.choice([*ODD_VALUES, rng.random()])
+        result = None if rng.random() < 0.3 else Result(rng.random() < 0.5)
+        monitor.last_probe = None if rng.random() < 0.1 else LastProbe(result, duration)
+        monitor.probes[rng.choice(PROBE_OUTCOMES)] += rng.choice([1, 1000, 10**9])
+    elif what == 3:
+        monitor.changes += 1
+        monitor.since = T0 + rng.random() * 1000
+    elif what == 4:
+        monitor.since = rng.choice([None, *ODD_VALUES])
+    elif what == 5:
+        monitor.probes = dict.fromkeys(PROBE_OUTCOMES, rng.choice([0, -0, 7]))
+    else:
+        monitor.changes = rng.choice([0, 1, 2**40])
+
+
+def fake_target(n: int) -> FakeTarget:
+    names = [f"127.0.0.1:{1000 + n}", f"[::1]:{n}", f'we"ird\\{n}\nx', f"é{n}"]
+    return FakeTarget(FakeMonitor(names[n % len(names)]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kept_lines_are_what_prometheus_client_gives_for_the_whole(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For random changes, reloads (targets added, removed, moved, the same
+    target twice) and formats (more than are kept), every scrape gives
+    byte for byte prometheus_client's encoding of the whole registry, even
+    while another scrape is under way."""
+    monkeypatch.setattr(txportend._metrics, "SLICE", 7)
+    rng = random.Random(seed)
+    made = 40
+    watchlist = Watchlist([fake_target(n) for n in range(made)])  # type: ignore[misc]
+    portserver = PortServer() if seed % 2 else None
+    exposition = Exposition(watchlist, portserver)  # type: ignore[arg-type]
+    unfinished: list[tuple[Iterator[bytes], bytes]] = []
+    for _ in range(60):
+        for target in rng.sample(watchlist.items, k=rng.randrange(12)):
+            change(rng, target.monitor, target)  # type: ignore[arg-type]
+        if rng.random() < 0.15:  # a reload
+            rng.shuffle(watchlist.items)
+            del watchlist.items[: rng.randrange(5)]
+            for _ in range(rng.randrange(5)):
+                made += 1
+                watchlist.items.insert(rng.randrange(30), fake_target(made))  # type: ignore[arg-type]
+            twice = rng.choice(watchlist.items)
+            watchlist.items.append(twice)  # the same target twice
+            same_name = FakeTarget(FakeMonitor(twice.monitor.target))  # type: ignore[arg-type]
+            watchlist.items.append(same_name)  # type: ignore[arg-type]
+            watchlist.reload_successful = rng.random() < 0.5
+        accept_header = rng.choice(ACCEPTS)
+        parts, _ = exposition.metrics(accept_header)
+        expected = whole(watchlist, accept_header, portserver)
+        if rng.random() < 0.2:  # left unfinished until after the next one
+            unfinished.append((parts, next(parts), expected))
+            continue
+        assert b"".join(parts) == expected
+        for left, begun, wanted in unfinished:
+            assert begun + b"".join(left) == wanted
+        unfinished.clear()
+
+
+def counting_encoders(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Have the exposition encode through encoders that note the (target,
+    sample name) of every per-target sample they are given."""
+    seen: list[tuple[str, str]] = []
+
+    @functools.cache
+    def choose(accept_header: str) -> tuple[Any, str]:
+        encode, content_type = choose_encoder(accept_header)
+
+        def counting(registry: CollectorRegistry) -> bytes:
+            for family in registry.collect():
+                seen.extend(
+                    (s.labels["target"], s.name)
+                    for s in family.samples
+                    if "target" in s.labels
+                )
+            return encode(registry)
+
+        return counting, content_type
+
+    monkeypatch.setattr(txportend._metrics, "choose_encoder", choose)
+    return seen
+
+
+def test_a_scrape_encodes_only_the_samples_whose_value_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = counting_encoders(monkeypatch)
+    targets = [fake_target(4 * n) for n in range(3)]
+    one, two, three = (t.monitor.target for t in targets)
+    watchlist = Watchlist(list(targets))  # type: ignore[arg-type]
+    exposition = Exposition(watchlist)  # type: ignore[arg-type]
+
+    def scrape_seen(accept_header: str | None = None) -> list[tuple[str, str]]:
+        seen.clear()
+        parts, _ = exposition.metrics(accept_header)
+        assert b"".join(parts) == whole(watchlist, accept_header)
+        return sorted(seen)
+
+    assert len(scrape_seen()) == 3 * 9  # up, as expected, 6 probes, changes
+    assert scrape_seen() == []
+    targets[1].monitor.probes["refused"] += 1
+    targets[0].monitor.last_probe = LastProbe(None, 0.25)
+    assert scrape_seen() == [
+        (one, "portend_probe_duration_seconds"),
+        (two, "portend_probes_total"),
+    ]
+    targets[0].monitor.last_probe = LastProbe(Result(True), 0.25)
+    targets[0].monitor.probes["accepted"] += 1
+    assert scrape_seen() == [(one, "portend_probes_total"), (one, "portend_up")]
+    # a reload takes the third target away, the next puts it back: forgotten
+    del watchlist.items[2]
+    assert scrape_seen() == []
+    watchlist.items.append(targets[2])
+    assert [target for target, _ in scrape_seen()] == [three] * 9
+
+
+def test_the_lines_are_kept_for_the_latest_formats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each format has its lines, kept for the latest FORMATS formats."""
+    assert FORMATS == 2
+    seen = counting_encoders(monkeypatch)
+    watchlist = Watchlist([fake_target(n) for n in range(3)])  # type: ignore[misc]
+    exposition = Exposition(watchlist)  # type: ignore[arg-type]
+
+    def count(accept_header: str | None) -> int:
+        seen.clear()
+        b"".join(exposition.metrics(accept_header)[0])
+        return len(seen)
+
+    utf8 = "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8"
+    assert [count(a) for a in (None, None, OPEN_METRICS, OPEN_METRICS, None)] == [
+        27,
+        0,
+        27,
+        0,
+        0,
+    ]
+    # a third format: the least recently used one (OpenMetrics) goes
+    assert [count(a) for a in (utf8, None, utf8, OPEN_METRICS)] == [27, 0, 0, 27]

@@ -26,10 +26,10 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from ._metrics import (
+    Exposition,
     PortServerFigures,
     Target,
     Watchlist,
-    metrics,
     read_portserver,
 )
 from ._page import Page, probe_error, utc_iso
@@ -270,12 +270,19 @@ class StatusJSON(_View):
 class Metrics(_View):
     """``/metrics``: Prometheus exposition, as the ``Accept`` header asks."""
 
+    def __init__(
+        self,
+        watchlist: Watchlist,
+        reactor: IReactorTime,
+        portserver: PortServerFigures | None = None,
+    ) -> None:
+        super().__init__(watchlist, reactor, portserver)
+        self._exposition = Exposition(watchlist, portserver)
+
     def render_GET(self, request: _Request) -> int:
         accept = request.getHeader(b"accept")
-        parts, content_type = metrics(
-            self._watchlist,
-            None if accept is None else accept.decode("latin-1"),
-            self._portserver,
+        parts, content_type = self._exposition.metrics(
+            None if accept is None else accept.decode("latin-1")
         )
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return stream(request, parts, self._reactor)
