@@ -469,6 +469,22 @@ def test_a_path_that_is_not_a_socket_ends_it_with_one_line(
 # The soak.
 
 
+def counted_changes(watchlist: Any) -> dict[str, float]:
+    """portend_state_changes_total by target, as /metrics says it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from txportend._metrics import Exposition
+
+    parts, _ = Exposition(watchlist, None).metrics(None)
+    text = b"".join(parts).decode()
+    return {
+        sample.labels["target"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "portend_state_changes_total"
+    }
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -556,6 +572,7 @@ async def test_soak_flapping_targets_every_change_logged_once_fds_flat(
     changes = {t.monitor.target: t.monitor.changes for t in watchlist.targets()}
     assert set(changes.values()) == {1 + flips}  # unknown -> free, then each flip
     assert logged == changes  # every change logged once
+    assert counted_changes(watchlist) == changes  # and counted so in /metrics
     assert open_fds() == fds_before - count  # every probe's socket closed
     assert max(fds_seen) <= fds_before + count  # at most one probe per target
     assert rss_growth < 64 * 2**20
