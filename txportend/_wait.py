@@ -224,8 +224,10 @@ def occupied(
         :exc:`OSError` of this machine when it can't make a connection
         attempt at all (out of file descriptors, say). Cancelling it stops
         the wait and leaves nothing behind.
-    :raises ValueError: for an empty host (portend's message), or a bad
-        port, timeout or interval.
+    :raises ValueError: for an empty or unusable host (portend's message
+        for an empty one), or a bad port, timeout or interval.
+    :raises TypeError: for a host that is not a string, or a timeout or
+        interval that is not seconds, a timedelta (or a policy).
     """
     return wait_for(
         host, port, timeout, interval, reactor, want_occupied=True, pacing=pacing
@@ -267,8 +269,10 @@ def free(
         or with the :exc:`OSError` of this machine when it can't make a
         connection attempt at all. Cancelling it stops the wait and leaves
         nothing behind.
-    :raises ValueError: for an empty host (portend's message), or a bad
-        port, timeout or interval.
+    :raises ValueError: for an empty or unusable host (portend's message
+        for an empty one), or a bad port, timeout or interval.
+    :raises TypeError: for a host that is not a string, or a timeout or
+        interval that is not seconds, a timedelta (or a policy).
     """
     return wait_for(
         host, port, timeout, interval, reactor, want_occupied=False, pacing=pacing
@@ -301,7 +305,10 @@ def assert_free(
         showed it in use), or :class:`~txportend.HostNotFound` (a name that
         does not resolve, or whose lookup did not finish in time). It can be
         cancelled.
-    :raises ValueError: for an empty host (portend's message) or a bad port.
+    :raises ValueError: for an empty or unusable host (portend's message
+        for an empty one), a bad port or a NaN timeout.
+    :raises TypeError: for a host that is not a string, or a timeout that is
+        not seconds or a timedelta.
     """
     host, number = _assert_free_target(host, port)
     # None (portend's "no timeout") or a timedelta, as for the waits.
