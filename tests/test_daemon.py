@@ -473,7 +473,7 @@ def counted_changes(watchlist: Any) -> dict[str, float]:
     """portend_state_changes_total by target, as /metrics says it."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from txportend._metrics import Exposition
+    from txportend._exposition import Exposition
 
     parts, _ = Exposition(watchlist, None).metrics(None)
     text = b"".join(parts).decode()

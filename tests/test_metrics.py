@@ -5,7 +5,6 @@ prometheus_client's text parser and its OpenMetrics parser.
 
 from __future__ import annotations
 
-import functools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,16 +17,16 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from prometheus_client.registry import CollectorRegistry
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 import txportend
-import txportend._metrics
+import txportend._exposition
 from txportend import Monitor, State
+from txportend._exposition import _SPECIMEN, FORMATS, SLICE, Exposition, Refresher
 from txportend._metrics import (
     _SERIES,
-    FORMATS,
-    SLICE,
     Collector,
-    Exposition,
     _daemon_families,
     _portserver_families,
     read,
@@ -333,7 +332,7 @@ def whole(watchlist: Any, accept: str | None, portserver: Any = None) -> bytes:
     """prometheus_client's encoding of every family at once."""
     encode, _ = choose_encoder(accept or "")
     families = []
-    readings = read(watchlist)
+    readings = read(watchlist.targets())
     for series in _SERIES:
         family = series.family()
         for r in readings:
@@ -390,7 +389,7 @@ def test_the_kept_lines_are_what_prometheus_client_gives_for_the_whole(
     target twice) and formats (more than are kept), every scrape gives
     byte for byte prometheus_client's encoding of the whole registry, even
     while another scrape is under way."""
-    monkeypatch.setattr(txportend._metrics, "SLICE", 7)
+    monkeypatch.setattr(txportend._exposition, "SLICE", 7)
     rng = random.Random(seed)
     made = 40
     watchlist = Watchlist([fake_target(n) for n in range(made)])  # type: ignore[misc]
@@ -424,26 +423,22 @@ def test_the_kept_lines_are_what_prometheus_client_gives_for_the_whole(
 
 
 def counting_encoders(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Have the exposition encode through encoders that note the (target,
-    sample name) of every per-target sample they are given."""
+    """Note the (target, sample name) of every per-target sample the
+    exposition has encoded, the specimen's aside."""
     seen: list[tuple[str, str]] = []
+    specimen = {r.target for r in _SPECIMEN}
+    encoded = txportend._exposition.encoded
 
-    @functools.cache
-    def choose(accept_header: str) -> tuple[Any, str]:
-        encode, content_type = choose_encoder(accept_header)
+    def counting(encode: Any, families: Any) -> bytes:
+        for family in families:
+            seen.extend(
+                (s.labels["target"], s.name)
+                for s in family.samples
+                if s.labels.get("target", next(iter(specimen))) not in specimen
+            )
+        return encoded(encode, families)
 
-        def counting(registry: CollectorRegistry) -> bytes:
-            for family in registry.collect():
-                seen.extend(
-                    (s.labels["target"], s.name)
-                    for s in family.samples
-                    if "target" in s.labels
-                )
-            return encode(registry)
-
-        return counting, content_type
-
-    monkeypatch.setattr(txportend._metrics, "choose_encoder", choose)
+    monkeypatch.setattr(txportend._exposition, "encoded", counting)
     return seen
 
 
@@ -480,27 +475,114 @@ def test_a_scrape_encodes_only_the_samples_whose_value_changed(
     assert [target for target, _ in scrape_seen()] == [three] * 9
 
 
-def test_the_lines_are_kept_for_the_latest_formats(
+VALUES = "application/openmetrics-text; version=1.0.0; escaping=values"
+DOTS = "application/openmetrics-text; version=1.0.0; escaping=dots"
+
+
+def test_formats_that_write_samples_alike_share_their_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each format has its lines, kept for the latest FORMATS formats."""
-    assert FORMATS == 2
+    """The text format and OpenMetrics (with any escaping that leaves the
+    daemon's names be) share their lines; other escapings have their own,
+    kept while their format is among the latest FORMATS asked for."""
+    assert FORMATS == 4
     seen = counting_encoders(monkeypatch)
     watchlist = Watchlist([fake_target(n) for n in range(3)])  # type: ignore[misc]
     exposition = Exposition(watchlist)  # type: ignore[arg-type]
 
-    def count(accept_header: str | None) -> int:
-        seen.clear()
-        b"".join(exposition.metrics(accept_header)[0])
-        return len(seen)
+    def count(*accept_headers: str | None) -> list[int]:
+        counts = []
+        for accept_header in accept_headers:
+            seen.clear()
+            body = b"".join(exposition.metrics(accept_header)[0])
+            assert body == whole(watchlist, accept_header)
+            counts.append(len(seen))
+        return counts
 
     utf8 = "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8"
-    assert [count(a) for a in (None, None, OPEN_METRICS, OPEN_METRICS, None)] == [
-        27,
-        0,
-        27,
-        0,
-        0,
+    om2 = "application/openmetrics-text; version=2.0.0"
+    assert count(None, None, OPEN_METRICS, utf8, om2, None) == [27, 0, 0, 0, 0, 0]
+    assert count(VALUES, VALUES, DOTS, DOTS) == [27, 0, 27, 0]
+    # four more formats: VALUES is the least recently used, and goes
+    assert count(OPEN_METRICS, utf8, om2, None, VALUES, DOTS) == [0, 0, 0, 0, 27, 27]
+    # the text format's lines stay, whatever was asked for
+    text_dots = "text/plain; version=1.0.0; escaping=dots"
+    dots_101 = "application/openmetrics-text; version=1.0.1; escaping=dots"
+    assert count(VALUES, DOTS, text_dots, dots_101, None) == [0, 0, 0, 0, 0]
+
+
+def test_the_refresher_keeps_the_lines_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between scrapes, the Refresher goes through every target once a
+    cycle, SLICE at a time at even intervals: a scrape after a full cycle
+    has nothing left to encode, in the text format or OpenMetrics."""
+    monkeypatch.setattr(txportend._exposition, "SLICE", 4)
+    seen = counting_encoders(monkeypatch)
+    targets = [fake_target(n) for n in range(10)]  # slices of 4, 4 and 2
+    names = [t.monitor.target for t in targets]
+    watchlist = Watchlist(list(targets))  # type: ignore[arg-type]
+    exposition = Exposition(watchlist)  # type: ignore[arg-type]
+    clock = Clock()
+    refresher = Refresher(exposition, clock, cycle=12.0)
+    refresher.startService()
+
+    def encoded_since(*advances: float) -> list[str]:
+        seen.clear()
+        for advance in advances:  # one step each: Clock runs no later call
+            clock.advance(advance)
+        return [target for target, _ in seen]
+
+    def scrape_count(accept_header: str | None) -> int:
+        seen.clear()
+        body = b"".join(exposition.metrics(accept_header)[0])
+        assert body == whole(watchlist, accept_header)
+        return len(seen)
+
+    assert sorted(encoded_since(0)) == sorted(names[:4] * 9)
+    assert sorted(encoded_since(4)) == sorted(names[4:8] * 9)
+    assert sorted(encoded_since(3.5)) == []
+    assert sorted(encoded_since(0.5)) == sorted(names[8:] * 9)
+    assert [scrape_count(a) for a in (None, OPEN_METRICS, None)] == [0, 0, 0]
+    # a cycle later: the changes, and only them
+    targets[0].monitor.probes["refused"] += 1
+    targets[9].as_expected = True
+    assert encoded_since(4) == [names[0]]  # the next cycle's first slice
+    assert encoded_since(4, 4) == [names[9]]
+    assert [scrape_count(a) for a in (OPEN_METRICS, None)] == [0, 0]
+    # a reload: a target taken away is let go at the next cycle, and a new
+    # one is encoded in its place
+    gone = watchlist.items.pop(1)
+    watchlist.items.append(fake_target(10))  # type: ignore[arg-type]
+    assert encoded_since(4) == []
+    assert sorted(encoded_since(4, 4)) == [watchlist.items[-1].monitor.target] * 9
+    watchlist.items.append(gone)
+    assert scrape_count(None) == 9  # encoded again: it had been let go
+    refresher.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_refresher_that_fails_stops_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in refreshing is logged once; the refresher stops, and scrapes
+    still work."""
+    watchlist = Watchlist([fake_target(n) for n in range(3)])  # type: ignore[misc]
+    exposition = Exposition(watchlist)  # type: ignore[arg-type]
+
+    def broken(targets: Any) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(exposition, "refresh", broken)
+    clock = Clock()
+    refresher = Refresher(exposition, clock)
+    with capturedLogs() as events:
+        refresher.startService()
+        clock.advance(0)
+    assert [formatEvent(e) for e in events] == [
+        "Keeping /metrics current failed; each scrape does it"
     ]
-    # a third format: the least recently used one (OpenMetrics) goes
-    assert [count(a) for a in (utf8, None, utf8, OPEN_METRICS)] == [27, 0, 0, 27]
+    assert events[0]["log_failure"].check(ZeroDivisionError)
+    assert clock.getDelayedCalls() == []
+    assert b"".join(exposition.metrics(None)[0]) == whole(watchlist, None)
+    refresher.stopService()

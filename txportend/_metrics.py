@@ -1,22 +1,18 @@
 """
 What the daemon's web side reads (a watchlist of targets, each a
 :class:`~txportend.Monitor` and the state it is expected in, and the
-portserver's figures), and its Prometheus metrics: ``prometheus_client``
-families over them, encoded on the reactor thread by ``prometheus_client``'s
-exposition code, which re-encodes on each scrape only the samples whose
-value changed (see :class:`Exposition`).
+portserver's figures), and its Prometheus metrics: the series and
+``prometheus_client`` families over them. They are encoded by
+:mod:`txportend._exposition`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from operator import attrgetter
 from typing import Any, Protocol
 
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -134,24 +130,24 @@ class Reading:
     since: float | None
 
 
-def read(watchlist: Watchlist) -> list[Reading]:
+def reading(target: Target) -> Reading:
+    """The target's :class:`Reading`, now (on the reactor thread)."""
+    monitor = target.monitor
+    last = monitor.last_probe
+    return Reading(
+        monitor.target,
+        accepting(monitor),
+        target.as_expected,
+        None if last is None else last.duration,
+        tuple(monitor.probes[o] for o in PROBE_OUTCOMES),
+        monitor.changes,
+        monitor.since,
+    )
+
+
+def read(targets: Iterable[Target]) -> list[Reading]:
     """Every target's :class:`Reading`, now (on the reactor thread)."""
-    readings = []
-    for target in watchlist.targets():
-        monitor = target.monitor
-        last = monitor.last_probe
-        readings.append(
-            Reading(
-                monitor.target,
-                accepting(monitor),
-                target.as_expected,
-                None if last is None else last.duration,
-                tuple(monitor.probes[o] for o in PROBE_OUTCOMES),
-                monitor.changes,
-                monitor.since,
-            )
-        )
-    return readings
+    return [reading(target) for target in targets]
 
 
 def _optional(value: float | None) -> tuple[float, ...]:
@@ -291,181 +287,11 @@ class Collector:
         return iter(self._families)
 
 
-_Encoder = Callable[[CollectorRegistry], bytes]
+Encoder = Callable[[CollectorRegistry], bytes]
 
 
-def _encoded(encode: _Encoder, families: Sequence[Metric]) -> bytes:
+def encoded(encode: Encoder, families: Sequence[Metric]) -> bytes:
     """``families`` encoded by ``encode``, from a private registry."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(families))
     return encode(registry)
-
-
-def _lines(text: bytes) -> list[bytes]:
-    return [line + b"\n" for line in text.split(b"\n")[:-1]]
-
-
-_EOF = b"# EOF\n"
-_MISSING = object()
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Whether two values of a reading's field (a number, ``None``, or a
-    tuple of ints) encode alike: equal and, zeros, of the same sign (``0.0``
-    and ``-0.0`` are equal, but encode differently)."""
-    return a is b or (
-        bool(a == b) and (a != 0 or math.copysign(1, a) == math.copysign(1, b))
-    )
-
-
-class _Format:
-    """
-    One exposition format: its encoder, each series' HELP and TYPE lines,
-    and, for each target, each series' sample lines as encoded, with the
-    field they were encoded from.
-    """
-
-    def __init__(self, encode: _Encoder) -> None:
-        self.encode = encode
-        self.heads = [
-            b"".join(
-                x
-                for x in _lines(_encoded(encode, [series.family()]))
-                if x.startswith(b"#") and x != _EOF
-            )
-            for series in _SERIES
-        ]
-        #: target -> each series' field, then each series' lines.
-        self.targets: dict[str, list[Any]] = {}
-
-    def lines(self, index: int, readings: Sequence[Reading]) -> bytes:
-        """
-        The sample lines of series ``index`` for ``readings``: as they were
-        encoded where the values are unchanged, the others encoded anew by
-        ``prometheus_client`` (all in one family).
-        """
-        series = _SERIES[index]
-        at = len(_SERIES) + index
-        family = series.family()
-        chunks: list[bytes] = []
-        pending = []
-        for reading in readings:
-            key = series.key(reading)
-            entry = self.targets.get(reading.target)
-            if entry is None:
-                entry = self.targets[reading.target] = [_MISSING] * len(_SERIES)
-                entry += [b""] * len(_SERIES)
-            if _same(entry[index], key):
-                chunks.append(entry[at])
-                continue
-            values = series.values(key)
-            before = () if entry[index] is _MISSING else series.values(entry[index])
-            if len(before) == len(values):  # the same samples: the changed ones
-                lines = _lines(entry[at])
-                changed = zip(before, values, strict=True)
-                redo = [n for n, (a, b) in enumerate(changed) if not _same(a, b)]
-            else:
-                lines = [b""] * len(values)
-                redo = list(range(len(values)))
-            for n in redo:
-                labels = [reading.target, *series.extras[n]]
-                family.add_metric(labels, values[n])  # type: ignore[attr-defined]
-            pending.append((len(chunks), entry, key, lines, redo))
-            chunks.append(b"")
-        if pending:
-            text = _encoded(self.encode, [family])
-            encoded = [x for x in _lines(text) if not x.startswith(b"#")]
-            if len(encoded) != len(family.samples):
-                raise ValueError(f"{len(family.samples)} samples gave {text!r}")
-            fresh = iter(encoded)
-            for place, entry, key, lines, redo in pending:
-                for n in redo:
-                    lines[n] = next(fresh)
-                entry[index] = key
-                entry[at] = chunks[place] = b"".join(lines)
-        return b"".join(chunks)
-
-    def forget(self, targets: Iterable[str]) -> None:
-        """Forget the targets not among ``targets``."""
-        keep = set(targets)
-        if len(self.targets) > len(keep):
-            for target in self.targets.keys() - keep:
-                del self.targets[target]
-
-
-#: Targets encoded in one go: a slice takes a few milliseconds.
-SLICE = 250
-
-#: Formats whose encoded lines are kept, the most recently asked for: one
-#: for Prometheus, one for people reading the text format.
-FORMATS = 2
-
-
-class Exposition:
-    """
-    A watchlist's metrics, and a portserver's if there is one, encoded by
-    ``prometheus_client``'s exposition code. Every scrape reads the
-    monitors anew; the sample lines encoded for a value are kept, so that a
-    scrape encodes only the samples whose value changed since the one
-    before (in the same format). What it gives is what
-    ``prometheus_client`` gives for the whole registry, byte for byte.
-
-    The lines are kept for the targets of the latest scrape, in the latest
-    :data:`FORMATS` formats asked for: about 12 MB a format for 10,000
-    targets.
-
-    :param watchlist: the targets.
-    :param portserver: the portserver, or ``None``.
-    """
-
-    def __init__(
-        self, watchlist: Watchlist, portserver: PortServerFigures | None = None
-    ) -> None:
-        self._watchlist = watchlist
-        self._portserver = portserver
-        self._formats: dict[Any, _Format] = {}
-
-    def metrics(self, accept: str | None) -> tuple[Iterator[bytes], str]:
-        """
-        The metrics in the format ``accept`` (an HTTP ``Accept`` header, or
-        ``None``) asks for, as chosen by
-        ``prometheus_client.exposition.choose_encoder``: the text format
-        0.0.4 by default, OpenMetrics when asked for.
-
-        The monitors and the portserver are read at once, when this is
-        called (on the reactor thread: see :func:`read` and
-        :func:`read_portserver`). The body is encoded as the returned
-        iterator is consumed, :data:`SLICE` targets at a time, so that a
-        caller can spread the work for thousands of targets over several
-        turns of the reactor.
-
-        :return: the body's parts, and its ``Content-Type``.
-        """
-        readings = read(self._watchlist)
-        daemon = _daemon_families(self._watchlist.reload_successful)
-        reading = read_portserver(self._portserver)
-        if reading is not None:
-            daemon += _portserver_families(reading)
-        encode, content_type = choose_encoder(accept or "")
-        form = self._format(encode)
-
-        def parts() -> Iterator[bytes]:
-            for index in range(len(_SERIES)):
-                for start in range(0, len(readings) or 1, SLICE):
-                    lines = form.lines(index, readings[start : start + SLICE])
-                    yield form.heads[index] + lines if start == 0 else lines
-            form.forget(r.target for r in readings)
-            yield _encoded(encode, daemon)  # OpenMetrics' "# EOF" ends it
-
-        return parts(), content_type
-
-    def _format(self, encode: _Encoder) -> _Format:
-        """The :class:`_Format` of ``encode``, now the most recently used."""
-        key: Any = encode
-        if isinstance(encode, partial):
-            key = (encode.func, encode.args, tuple(sorted(encode.keywords.items())))
-        form = self._formats.pop(key, None) or _Format(encode)
-        self._formats[key] = form
-        while len(self._formats) > FORMATS:
-            del self._formats[next(iter(self._formats))]
-        return form

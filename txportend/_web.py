@@ -25,8 +25,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from ._exposition import Exposition
 from ._metrics import (
-    Exposition,
     PortServerFigures,
     Target,
     Watchlist,
@@ -70,6 +70,7 @@ def make_site(
     *,
     reactor: IReactorTime,
     portserver: PortServerFigures | None = None,
+    exposition: Exposition | None = None,
     idle_timeout: float = IDLE_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
 ) -> Site:
@@ -84,6 +85,10 @@ def make_site(
     :param watchlist: what to show (read on every request).
     :param portserver: the portserver whose figures to show, if any (read on
         every request).
+    :param exposition: what ``/metrics`` serves: an
+        :class:`~txportend._exposition.Exposition` of ``watchlist`` and
+        ``portserver`` (a new one by default, which a
+        :class:`~txportend._exposition.Refresher` does not keep current).
     :param reactor: the reactor whose ``seconds()`` the monitors use, and
         that times the idle connections out.
     :param idle_timeout: seconds a connection may stay idle before it is
@@ -92,7 +97,12 @@ def make_site(
         is closed as soon as it is accepted.
     """
     site = _Site(
-        _root(watchlist, reactor, portserver),
+        _root(
+            watchlist,
+            reactor,
+            portserver,
+            exposition or Exposition(watchlist, portserver),
+        ),
         timeout=idle_timeout,
         reactor=reactor,
         max_connections=max_connections,
@@ -163,11 +173,12 @@ def _root(
     watchlist: Watchlist,
     reactor: IReactorTime,
     portserver: PortServerFigures | None,
+    exposition: Exposition,
 ) -> Resource:
     root = _Resource()  # type: ignore[no-untyped-call]
     root.putChild(b"", StatusPage(watchlist, reactor, portserver))
     root.putChild(b"status", StatusJSON(watchlist, reactor, portserver))
-    root.putChild(b"metrics", Metrics(watchlist, reactor, portserver))
+    root.putChild(b"metrics", Metrics(exposition, reactor))
     return root
 
 
@@ -267,17 +278,17 @@ class StatusJSON(_View):
         return json.dumps(status).encode("ascii") + b"\n"
 
 
-class Metrics(_View):
-    """``/metrics``: Prometheus exposition, as the ``Accept`` header asks."""
+class Metrics(_Resource):
+    """``/metrics``: Prometheus exposition, as the ``Accept`` header asks.
 
-    def __init__(
-        self,
-        watchlist: Watchlist,
-        reactor: IReactorTime,
-        portserver: PortServerFigures | None = None,
-    ) -> None:
-        super().__init__(watchlist, reactor, portserver)
-        self._exposition = Exposition(watchlist, portserver)
+    :param exposition: the metrics.
+    :param reactor: the reactor that runs between the body's parts.
+    """
+
+    def __init__(self, exposition: Exposition, reactor: IReactorTime) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._exposition = exposition
+        self._reactor = reactor
 
     def render_GET(self, request: _Request) -> int:
         accept = request.getHeader(b"accept")

@@ -221,7 +221,7 @@ def makeService(
     if start.portserver is not None:
         portserver = _portserver(start.portserver, reactor)
         portserver.setServiceParent(daemon)  # type: ignore[no-untyped-call]
-    site = _site(watchlist, reactor, portserver)
+    site = _site(watchlist, reactor, portserver, daemon)
     for description in start.listen:
         endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
         listening = _Listening(endpoint, site)  # type: ignore[no-untyped-call]
@@ -327,12 +327,21 @@ class _PortServing(PortServer):
 
 
 def _site(
-    watchlist: Watchlist, reactor: IPortendReactor, portserver: PortServer | None
+    watchlist: Watchlist,
+    reactor: IPortendReactor,
+    portserver: PortServer | None,
+    daemon: MultiService,
 ) -> Site:
-    """The web site: the status page, ``/status`` and ``/metrics``."""
+    """The web site: the status page, ``/status`` and ``/metrics``, whose
+    :class:`~txportend._exposition.Refresher` joins ``daemon``."""
+    from ._exposition import Exposition, Refresher
     from ._web import make_site
 
-    return make_site(watchlist, reactor=reactor, portserver=portserver)
+    exposition = Exposition(watchlist, portserver)
+    Refresher(exposition, reactor).setServiceParent(daemon)  # type: ignore[no-untyped-call]
+    return make_site(
+        watchlist, reactor=reactor, portserver=portserver, exposition=exposition
+    )
 
 
 __all__ = ["Options", "makeService"]
