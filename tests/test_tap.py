@@ -25,6 +25,7 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from zope.interface.verify import verifyObject
 
+import txportend._exposition
 from txportend import State
 from txportend._config import CommandLine, Plan, PortServerSpec, TargetSpec, plan
 from txportend._daemon import Target, Watchlist
@@ -32,6 +33,7 @@ from txportend._portserver import PortServer
 from txportend.tap import Options, makeService
 
 from .fakes import accept, attempts, memory_reactor, refuse
+from .test_metrics import whole
 from .test_portserver import Conn
 from .test_web import request
 
@@ -268,6 +270,53 @@ def test_make_service_default_endpoint_is_loopback_9180() -> None:
     service.startService()
     service.stopService()
     assert [(p, i) for p, _, _, i in reactor.tcpServers] == [(9180, "127.0.0.1")]
+
+
+def test_make_service_keeps_the_metrics_current_between_scrapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/metrics is served from lines a Refresher keeps current: once the
+    refresher has been through the targets after their probes, a scrape
+    has no sample to encode; and it stops with the daemon."""
+    reactor = memory_reactor()
+    service = makeService(
+        parsed(
+            "--watch", "127.0.0.1:8080", "--watch", "127.0.0.1:8081", "--interval", "1h"
+        ),
+        reactor=reactor,
+    )
+    encoded: list[str] = []
+    original = txportend._exposition.encoded
+
+    def counting(encode: Any, families: Any) -> bytes:
+        encoded.extend(
+            s.labels["target"]
+            for family in families
+            for s in family.samples
+            if s.labels.get("target") in ("127.0.0.1:8080", "127.0.0.1:8081")
+        )
+        return original(encode, families)
+
+    monkeypatch.setattr(txportend._exposition, "encoded", counting)
+    service.startService()
+    try:
+        reactor.advance(0.25)  # the first probes, answered
+        refuse(reactor)
+        accept(reactor)
+        reactor.advance(1)
+        for _ in range(2):  # each a refresher's whole cycle (one step)
+            reactor.advance(txportend._exposition.CYCLE)
+        assert encoded  # the refresher encoded them
+        encoded.clear()
+        (_, site, *_) = reactor.tcpServers[0]
+        response = request(site, reactor, "/metrics")
+        assert response.code == 200
+        (watchlist,) = (s for s in service if isinstance(s, Watchlist))
+        assert response.body == whole(watchlist, None)
+        assert encoded == []
+    finally:
+        service.stopService()
+    assert reactor.getDelayedCalls() == []
 
 
 def test_no_sighup_handler_without_a_config_file() -> None:
