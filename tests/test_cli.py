@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from txportend import Outcome, cli
+from txportend import Outcome, _cli_args, _cli_waits, cli
 
 from .fakes import accept, memory_reactor, refuse
 
@@ -417,8 +417,8 @@ def test_plain_seconds_do_not_import_the_duration_parser() -> None:
     """tempora is slow to import; ``-t 5`` does not need it."""
     code = (
         "import sys\n"
-        "from txportend import cli\n"
-        "cli._parse(['localhost:1', 'occupied', '-t', '5', '--interval', '0.5'])\n"
+        "from txportend import _cli_args\n"
+        "_cli_args.parse(['localhost:1', 'occupied', '-t', '5', '--interval', '0.5'])\n"
         "print('tempora' in sys.modules)\n"
     )
     result = subprocess.run(
@@ -428,14 +428,14 @@ def test_plain_seconds_do_not_import_the_duration_parser() -> None:
 
 
 def test_parse_options() -> None:
-    options = cli._parse(["[::1]:80", "db:5432", "free", "-t", "1m", "--json"])
+    options = _cli_args.parse(["[::1]:80", "db:5432", "free", "-t", "1m", "--json"])
     assert options.targets == [("[::1]:80", "::1", 80), ("db:5432", "db", 5432)]
     assert (options.want, options.timeout, options.interval) == ("free", 60.0, None)
     assert (options.json, options.quiet, options.command) == (True, False, None)
-    options = cli._parse(["h:1", "occupied", "--", "app", "--flag", "--", "x"])
+    options = _cli_args.parse(["h:1", "occupied", "--", "app", "--flag", "--", "x"])
     assert options.command == ["app", "--flag", "--", "x"]
     assert options.timeout is None
-    assert cli._parse(["--find"]).find
+    assert _cli_args.parse(["--find"]).find
 
 
 # -- -- COMMAND ------------------------------------------------------------------
@@ -911,9 +911,9 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(closed: int) -> None:
 
 def waits(
     args: list[str], reactor: Any = None, progress: Any = None
-) -> tuple[Any, cli._Waits]:
+) -> tuple[Any, _cli_waits.Waits]:
     reactor = reactor if reactor is not None else memory_reactor()
-    return reactor, cli._Waits(reactor, cli._parse(args), progress)
+    return reactor, _cli_waits.Waits(reactor, _cli_args.parse(args), progress)
 
 
 def test_waits_succeed_once_every_target_is_there() -> None:
@@ -964,9 +964,9 @@ def test_a_host_that_does_not_resolve_fails_free_at_once_with_exit_1(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The other waits are stopped: all of them can no longer succeed."""
-    options = cli._parse(["nowhere.test:1", "127.0.0.1:2", "free", "--json"])
+    options = _cli_args.parse(["nowhere.test:1", "127.0.0.1:2", "free", "--json"])
     reactor = memory_reactor({})
-    w = cli._Waits(reactor, options)
+    w = _cli_waits.Waits(reactor, options)
     w.start()
     assert w.result.called
     assert [o.state for o in w.outcomes] == ["error", "interrupted"]
@@ -1026,7 +1026,7 @@ def test_progress_line_is_redrawn_and_erased() -> None:
     )
     w.start()
     accept(reactor, 1)
-    reactor.advance(cli.PROGRESS_INTERVAL)
+    reactor.advance(_cli_waits.PROGRESS_INTERVAL)
     assert stream.getvalue() == (
         "\r\x1b[Ktxportend: 0.2s/30s, waiting until occupied: 127.0.0.1:1"
     )
@@ -1095,7 +1095,7 @@ def test_the_quick_look_makes_the_one_judgement(
 
     outcome = None if answer is None else getattr(Outcome, answer)
     monkeypatch.setattr(_result, "connect_now", lambda address, port: outcome)
-    outcomes = cli._already(cli._parse(["127.0.0.1:80", want]))
+    outcomes = _cli_waits.already(_cli_args.parse(["127.0.0.1:80", want]))
     assert (outcomes is not None) == decided
 
 
@@ -1108,7 +1108,7 @@ def test_the_quick_look_leaves_this_machines_errors_to_the_core(
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(_result, "connect_now", no_fds)
-    assert cli._already(cli._parse(["127.0.0.1:80", "free"])) is None
+    assert _cli_waits.already(_cli_args.parse(["127.0.0.1:80", "free"])) is None
 
 
 def run_python(code: str) -> str:
@@ -1163,7 +1163,7 @@ def test_loopback_literals_get_the_quick_look(
         return Outcome.ACCEPTED
 
     monkeypatch.setattr(_result, "connect_now", accept)
-    assert cli._already(cli._parse([f"{host}:80", "occupied"])) is not None
+    assert _cli_waits.already(_cli_args.parse([f"{host}:80", "occupied"])) is not None
     assert seen == [tried]
 
 
@@ -1186,7 +1186,7 @@ def test_names_and_other_addresses_are_left_to_the_core(
 
     monkeypatch.setattr(_result, "connect_now", never)
     monkeypatch.setattr(sockets, "getaddrinfo", never)
-    assert cli._already(cli._parse([f"{host}:80", "occupied"])) is None
+    assert _cli_waits.already(_cli_args.parse([f"{host}:80", "occupied"])) is None
 
 
 def test_main_does_not_run_inside_a_running_reactor(
@@ -1222,9 +1222,9 @@ def test_a_crash_stops_every_wait_and_fails_the_result() -> None:
 def test_progress_line_shows_the_timeout_as_given() -> None:
     """``-t 1m30s`` shows ``/90s``, though the quick look spent 0.5 s of it:
     the core waits for what is left."""
-    options = cli._parse(["127.0.0.1:1", "occupied", "-t", "1m30s"])
+    options = _cli_args.parse(["127.0.0.1:1", "occupied", "-t", "1m30s"])
     reactor = memory_reactor()
-    w = cli._Waits(reactor, options, Terminal(), spent=0.5)
+    w = _cli_waits.Waits(reactor, options, Terminal(), spent=0.5)
     w.start()
     progress = w._progress
     assert progress is not None
@@ -1236,11 +1236,11 @@ def test_progress_line_shows_the_timeout_as_given() -> None:
 @pytest.mark.parametrize(("timeout", "shown"), [(0.0, "/0s"), (-1.0, "")])
 def test_a_timeout_of_zero_or_less_checks_once(timeout: float, shown: str) -> None:
     """As portend: one probe, then portend's message (the core gets 0)."""
-    options = cli._Options(
+    options = _cli_args.Options(
         targets=[("127.0.0.1:1", "127.0.0.1", 1)], want="occupied", timeout=timeout
     )
     reactor = memory_reactor()
-    w = cli._Waits(reactor, options, Terminal())
+    w = _cli_waits.Waits(reactor, options, Terminal())
     w.start()
     progress = w._progress
     assert progress is not None

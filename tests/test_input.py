@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import txportend
-from txportend import blocking, cli
+from txportend import _cli_args, blocking, cli
 from txportend._hostport import check_host
 
 from .fakes import memory_reactor
@@ -336,14 +336,14 @@ def test_the_command_lines_timeout_lets_a_negative_value_through(
     text: str, seconds: float
 ) -> None:
     """portend's command line reads -t -1 as "check once"; so do the waits."""
-    assert cli._seconds(text) == seconds
+    assert _cli_args._seconds(text) == seconds
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("0", 0.0), ("250ms", 0.25)])
 def test_the_command_lines_interval_takes_finite_durations(
     text: str, seconds: float
 ) -> None:
-    assert cli._interval(text) == seconds
+    assert _cli_args._interval(text) == seconds
 
 
 def test_a_negative_timeout_at_the_command_line_checks_once(closed_port: int) -> None:

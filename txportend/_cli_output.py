@@ -15,6 +15,13 @@ if TYPE_CHECKING:
 
 PROG = "txportend"
 
+#: The exit codes, as :mod:`txportend.cli` documents them (126 and 127: in
+#: :mod:`txportend._cli_command`).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
 
 def describe(error: BaseException | None) -> str:
     """One line about an exception."""
@@ -84,3 +91,12 @@ def say_error(message: str) -> None:
 def say_warning(message: str) -> None:
     """One line ``txportend: warning: ...`` on stderr, if it can be written."""
     write("stderr", f"{PROG}: warning: {' '.join(message.split())}\n")
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
