@@ -308,7 +308,9 @@ class Refresher(Service):
     through every target once each ``cycle`` seconds, :data:`SLICE` targets
     at a time at even intervals, and has the samples whose value changed
     encoded again. A scrape then encodes only the samples that changed in
-    the last ``cycle`` seconds, even the first scrape after start-up.
+    the last ``cycle`` seconds. The first time through, as the service
+    starts, goes a slice every turn of the reactor, so that a scrape soon
+    after start-up finds the lines made too.
 
     What it costs is about what scrapes every ``cycle`` seconds would: with
     10,000 targets probed every 10 s, about 2 % of a core.
@@ -327,10 +329,14 @@ class Refresher(Service):
         self._call: IDelayedCall | None = None
         self._targets: Sequence[Target] = ()
         self._at = 0
+        #: Whether this is the first cycle since the start, done a slice a
+        #: turn of the reactor rather than spread over ``cycle`` seconds.
+        self._eager = True
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._targets, self._at = (), 0
+        self._eager = True
         self._call = self._reactor.callLater(0, self._step)
 
     def stopService(self) -> Any:
@@ -351,8 +357,11 @@ class Refresher(Service):
             log.failure("Keeping /metrics current failed; each scrape does it")
             return
         self._at += SLICE
+        if self._at >= len(self._targets):
+            self._eager = False
         steps = max(1, math.ceil(len(self._targets) / SLICE))
-        self._call = self._reactor.callLater(self._cycle / steps, self._step)
+        delay = 0.0 if self._eager else self._cycle / steps
+        self._call = self._reactor.callLater(delay, self._step)
 
 
 __all__ = ["CYCLE", "FORMATS", "SLICE", "Exposition", "Refresher"]
