@@ -205,22 +205,30 @@ def test_in_the_background_too_it_ends_with_one_line_and_exit_1(
     assert not (tmp_path / "portend.pid").exists()
 
 
+@pytest.mark.parametrize("endpoint", ["taken", "unix-missing-directory"])
 def test_an_endpoint_it_cannot_listen_on_is_one_logged_line_and_exit_1(
-    tmp_path: Path,
+    tmp_path: Path, endpoint: str
 ) -> None:
+    """One error line in the log, no traceback, exit 1, and twistd's pidfile
+    (its default, in the working directory) gone."""
     taken, port = bound()
+    if endpoint == "taken":
+        description = f"tcp:{port}:interface=127.0.0.1"
+        reason = f"{description}: [Errno 98] Address already in use"
+    else:
+        description = f"unix:{tmp_path / 'missing' / 'http.sock'}"
+        reason = f"{description}: [Errno 2] No such file or directory"
     with taken:
         taken.listen()
         done = subprocess.run(
             [
                 twistd(),
                 "-n",
-                "--pidfile=",
                 "portend",
                 "--watch",
                 "127.0.0.1:1",
                 "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
+                description,
             ],
             capture_output=True,
             text=True,
@@ -234,9 +242,9 @@ def test_an_endpoint_it_cannot_listen_on_is_one_logged_line_and_exit_1(
     errors = [line for line in output.splitlines() if "error" in line]
     assert len(errors) == 1
     assert errors[0].endswith(
-        f"[txportend.tap#error] portend: error: cannot listen on "
-        f"tcp:{port}:interface=127.0.0.1: [Errno 98] Address already in use"
+        f"[txportend.tap#error] portend: error: cannot listen on {reason}"
     )
+    assert not (tmp_path / "twistd.pid").exists()
 
 
 # The daemon running.

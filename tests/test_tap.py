@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from txportend import State
 from txportend._config import CommandLine, Plan, PortServerSpec, TargetSpec, plan
 from txportend._daemon import Target, Watchlist
 from txportend._portserver import PortServer
-from txportend.tap import Options, makeService
+from txportend.tap import Options, _StartError, makeService
 
 from .fakes import accept, attempts, memory_reactor, refuse
 from .test_metrics import whole
@@ -537,10 +538,11 @@ class _InUse:
 
 
 def test_a_portserver_that_cannot_start_is_one_logged_line_and_exit_1(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A path taken by a file that is not a socket: twistd ends with one
-    error line and exit code 1, before anything else listens."""
+    error line and exit code 1 (an exception it lets end the program, with
+    nothing printed), before anything else listens."""
     path = tmp_path / "not-a-socket"
     path.write_text("")
     reactor = memory_reactor()
@@ -548,9 +550,9 @@ def test_a_portserver_that_cannot_start_is_one_logged_line_and_exit_1(
         parsed("--watch", "127.0.0.1:8080", "--portserver", str(path)),
         reactor=_InUse(reactor),
     )
-    with capturedLogs() as events, pytest.raises(SystemExit) as raised:
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    with capturedLogs() as events, pytest.raises(_StartError):
         service.privilegedStartService()
-    assert raised.value.code == 1
     errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
     assert errors == [f"portend: error: portserver: {path} exists and is not a socket."]
     assert path.read_text() == ""  # left alone
@@ -589,21 +591,29 @@ class _TCPInUse:
 
 
 @pytest.mark.parametrize("twistd", [True, False])
-def test_an_endpoint_it_cannot_listen_on_ends_it_with_one_line(twistd: bool) -> None:
-    """Under twistd (a privileged start first) the line is logged; under
-    twist (startService only) it is SystemExit's message."""
+def test_an_endpoint_it_cannot_listen_on_ends_it_with_one_line(
+    twistd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under twistd (a privileged start first) the line is logged, and an
+    exception twistd lets end the program prints nothing more; under twist
+    (startService only) it is SystemExit's message."""
     service = makeService(
         parsed("--watch", "127.0.0.1:8080", "--listen", "tcp:9999"),
         reactor=_TCPInUse(memory_reactor()),
     )
     line = "portend: error: cannot listen on tcp:9999: [Errno 98] in use"
-    with capturedLogs() as events, pytest.raises(SystemExit) as raised:
+    hook = sys.excepthook
+    monkeypatch.setattr(sys, "excepthook", hook)
+    with capturedLogs() as events, pytest.raises((_StartError, SystemExit)) as raised:
         if twistd:
             service.privilegedStartService()
         service.startService()
     errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
     if twistd:
-        assert (raised.value.code, errors) == (1, [line])
+        assert (type(raised.value), errors) == (_StartError, [line])
+        assert str(raised.value) == line.removeprefix("portend: ")
+        assert sys.excepthook is not hook
     else:
-        assert (raised.value.code, errors) == (line, [])
+        assert (raised.value.code, errors) == (line, [])  # type: ignore[union-attr]
+        assert sys.excepthook is hook
     service.stopService()

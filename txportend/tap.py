@@ -13,7 +13,6 @@ each ``--listen`` endpoint.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -255,6 +254,9 @@ class _Listening(StreamServerEndpointService):
         except CannotListenError as error:
             reason = f"cannot listen on {self.description}: {error.socketError}"
             _cannot_start(reason, under_twistd=under_twistd)
+        except OSError as error:  # a UNIX socket's lock file, say
+            reason = f"cannot listen on {self.description}: {_os_error(error)}"
+            _cannot_start(reason, under_twistd=under_twistd)
 
 
 def _cannot_start(reason: str, *, under_twistd: bool) -> NoReturn:
@@ -268,31 +270,27 @@ def _cannot_start(reason: str, *, under_twistd: bool) -> NoReturn:
     """
     if under_twistd:
         log.error("portend: error: {reason}", reason=reason)
-        if _daemonized():
-            # twistd's parent, still in the terminal, waits for the daemon's
-            # word and reports an exception in one line ("An error has
-            # occurred: portend: error: ..."); SystemExit would leave it
-            # waiting for ever. twistd then lets the exception end the
-            # daemon, whose traceback would follow the line in the log: the
-            # process is ending, so it prints nothing more.
-            sys.excepthook = lambda *exc_info: None
-            raise _StartError(f"error: {reason}")
-        raise SystemExit(1)
+        # twistd removes its pidfile, and in the background has its parent
+        # (still in the terminal) report the line ("An error has occurred:
+        # portend: error: ..."), only for an Exception: SystemExit would
+        # leave a stale pidfile, and the parent waiting for ever. The
+        # exception then ends the process, whose traceback would follow the
+        # line: the process is ending, so it prints nothing more.
+        sys.excepthook = lambda *exc_info: None
+        raise _StartError(f"error: {reason}")
     raise SystemExit(f"portend: error: {reason}")
+
+
+def _os_error(error: OSError) -> str:
+    """``[Errno N] what``, without the file names (a lock file's symlink
+    shows its target as the first)."""
+    if error.errno is None:
+        return str(error)
+    return f"[Errno {error.errno}] {error.strerror}"
 
 
 #: What twistd's parent shows as ``portend: error: REASON``.
 _StartError = type("portend", (Exception,), {"__module__": "builtins"})
-
-
-def _daemonized() -> bool:
-    """Whether twistd has left the terminal: its daemon mode points the
-    three standard streams at the null device (``-n`` leaves them be)."""
-    try:
-        null = os.stat(os.devnull)
-        return all(os.path.samestat(os.fstat(fd), null) for fd in (0, 1, 2))
-    except OSError:
-        return False
 
 
 def _portserver(spec: PortServerSpec, reactor: IPortendReactor) -> PortServer:
