@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
@@ -523,6 +524,24 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
     assert not transport.disconnecting
     reactor.advance(0.1)
     assert transport.disconnecting
+
+
+def test_requests_and_idle_connections_are_not_logged() -> None:
+    """The daemon's log has its changes, not a line per request (an access
+    log: one per scrape) or per kept-alive connection closed when idle."""
+    reactor = memory_reactor()
+    site = make_site(Watchlist(), reactor=reactor, idle_timeout=7)
+    site.doStart()
+    try:
+        with capturedLogs() as events:
+            codes = [request(site, reactor, p).code for p in ("/", "/metrics", "/x")]
+            _, transport = connect(site)
+            reactor.advance(7)
+            assert transport.disconnecting
+    finally:
+        site.doStop()
+    assert codes == [200, 200, 404]
+    assert [formatEvent(e) for e in events] == []
 
 
 def test_connections_past_the_limit_are_refused_at_once() -> None:

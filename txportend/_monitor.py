@@ -124,7 +124,10 @@ class Monitor(Service):
         timeout that is not seconds, a timedelta (or a policy, for the
         interval).
 
-    :ivar target: ``"host:port"``, IPv6 addresses in brackets.
+    :ivar target: ``"host:port"``, IPv6 addresses in brackets; a bind
+        address is given as the loopback address probed (``0.0.0.0`` as
+        ``127.0.0.1``, ``::`` as ``::1``), as portend's ``HostPort.from_addr``
+        does.
     :ivar state: the :class:`State` now: :attr:`State.UNKNOWN` until the
         first probe ends, while the name does not resolve, and after a probe
         this machine could not make (out of file descriptors, say: logged);

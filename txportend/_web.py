@@ -18,12 +18,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol as _Protocol
 from twisted.internet.task import Cooperator, TaskFinished, TaskStopped
-from twisted.logger import Logger
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    Logger,
+    LogLevel,
+    globalLogPublisher,
+)
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import provider
 
 from ._exposition import Exposition
 from ._metrics import (
@@ -111,13 +118,23 @@ def make_site(
     return site
 
 
+@provider(ILogObserver)
+def _warnings_and_worse(event: LogEvent) -> None:
+    """Pass on to the global log the events of warning level and above."""
+    if event["log_level"] >= LogLevel.warn:
+        globalLogPublisher(event)
+
+
 class _Channel(HTTPChannel):
     """
     twisted.web's HTTP/1.1 channel, answering a request line or a header line
     longer than its limit (16 KiB) with 414 or 431, where it would close the
-    connection without a word.
+    connection without a word; and not logging each idle connection it
+    closes ("Timing out client"): Prometheus' and browsers' kept-alive
+    connections go idle between their requests.
     """
 
+    _log = Logger(observer=_warnings_and_worse)
     _in_headers = False
 
     def lineReceived(self, line: bytes) -> None:
@@ -142,10 +159,14 @@ class _Channel(HTTPChannel):
 
 
 class _Site(Site):
-    """A Site that keeps at most ``max_connections`` connections open."""
+    """A Site that keeps at most ``max_connections`` connections open, and
+    logs no request."""
 
     protocol = _Channel  # type: ignore[assignment]  # HTTP/1.x: no HTTP/2
     noisy = False  # no "Starting factory" lines in the daemon's log
+
+    def log(self, request: Any) -> None:
+        """No access log: each scrape would add a line to the daemon's."""
 
     def __init__(self, resource: IResource, *, max_connections: int, **kw: Any) -> None:
         super().__init__(resource, **kw)  # type: ignore[no-untyped-call]
