@@ -175,7 +175,15 @@ def test_a_file_with_no_targets_is_valid(tmp_path: Path) -> None:
         ('interval = "-5"\n', "interval: the interval must not be negative: -5.0"),
         ("interval = inf\n", "interval: the interval must be finite: inf"),
         ("interval = nan\n", "interval: the interval must be a number of seconds"),
-        ("interval = true\n", "interval: the interval must be seconds or a timedelta"),
+        (
+            "interval = true\n",
+            "interval: must be seconds (a number) or a duration string, "
+            "not a boolean True",
+        ),
+        (
+            "interval = [1]\n",
+            "interval: must be seconds (a number) or a duration string, not an array",
+        ),
         ("timeout = 0\n", "timeout: the timeout must be more than 0 seconds"),
         ('timeout = "inf"\n', "timeout: the timeout must be finite: inf"),
         ('listen = "tcp:9180"\n', "listen: must be a list of endpoint strings"),
@@ -185,11 +193,12 @@ def test_a_file_with_no_targets_is_valid(tmp_path: Path) -> None:
         ("interval = \n", "not valid TOML: "),
         (
             '[[target]]\naddress = "a:1"\n[[target]]\naddress = "a:1"\n',
-            "[[target]] 2: 'a:1': this target is given twice",
+            "[[target]] 2: 'a:1': this target is given twice (first in {path}: "
+            "[[target]] 1)",
         ),
         (
             '[[target]]\naddress = "0.0.0.0:1"\n[[target]]\naddress = "127.0.0.1:1"\n',
-            "[[target]] 2: '127.0.0.1:1': this target is given twice",
+            "[[target]] 2: '127.0.0.1:1': this target is given twice (first in",
         ),
     ],
 )
@@ -199,8 +208,18 @@ def test_a_bad_file_is_one_line_naming_file_key_and_problem(
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as raised:
         plan(CommandLine(config=path))
-    assert str(raised.value).startswith(f"{path}: {message}")
+    assert str(raised.value).startswith(f"{path}: {message.format(path=path)}")
     assert "\n" not in str(raised.value)
+
+
+def test_a_target_in_the_file_and_with_watch_names_both(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[target]]\naddress = "127.0.0.1:1"\n')
+    with pytest.raises(ConfigError) as raised:
+        plan(CommandLine(config=path, watch=("127.0.0.1:1",)))
+    assert str(raised.value) == (
+        f"--watch: '127.0.0.1:1': this target is given twice "
+        f"(first in {path}: [[target]] 1)"
+    )
 
 
 def test_the_portserver_table(tmp_path: Path) -> None:

@@ -172,11 +172,16 @@ def plan(command_line: CommandLine) -> Plan:
         DEFAULT_TIMEOUT,
     )
     targets: dict[str, TargetSpec] = {}
+    first: dict[str, str] = {}  # key -> where it was first given
     for place, entry in entries:
         spec = _target(place, entry, default_interval, default_timeout)
         if spec.key in targets:
-            raise ConfigError(f"{place}{spec.address!r}: this target is given twice")
+            raise ConfigError(
+                f"{place}{spec.address!r}: this target is given twice "
+                f"(first in {first[spec.key].removesuffix(': ')})"
+            )
         targets[spec.key] = spec
+        first[spec.key] = place
 
     listen = command_line.listen
     if not listen:
@@ -287,11 +292,16 @@ def _duration(
     if key not in table:
         return None
     value = table[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(
+            f"{place}{key}: must be seconds (a number) or a duration string, "
+            f"not {_shown(value)}"
+        )
     try:
         if isinstance(value, str):
             value = parse_duration(value)
         return check_interval(value) if interval else check_timeout(value)
-    except (TypeError, ValueError) as error:
+    except ValueError as error:
         raise ConfigError(f"{place}{key}: {error}") from None
 
 
