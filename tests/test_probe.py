@@ -401,7 +401,7 @@ def test_no_fd_is_left_behind_by_real_binds(monkeypatch: pytest.MonkeyPatch) -> 
         assert success(txportend.can_bind("127.0.0.1", free)) is True
         failure(txportend.can_bind("fe80::1%99999", free), error.CannotListenError)
         assert open_fds() - before == set()
-    assert len(made) == 4
+    assert len(made) >= 3  # 4 where IPv6 sockets can be made
     assert all(s.fileno() == -1 for s in made)
 
 
