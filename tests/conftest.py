@@ -8,9 +8,12 @@ dirty reactor. The ``reactor`` fixture here does both.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_twisted
 from hypothesis import settings
 
@@ -55,3 +58,75 @@ async def reactor() -> AsyncIterator[Any]:
     await deferLater(global_reactor, 0, lambda: None)
     left = leftovers(global_reactor, calls, selectables)
     assert not left, f"the test left these behind in the reactor: {left!r}"
+
+
+def open_fds() -> set[int]:
+    """The file descriptors this process has open now (Linux ``/proc``)."""
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+class _ScriptedSocket(socket.socket):
+    """A real socket (a real file descriptor) whose bind() and listen() only
+    record the call, or fail as scripted; it never binds anything."""
+
+    script: BindScript
+    kind_name: str
+    #: What bind() was given, and whether SO_REUSEADDR was set then.
+    address: tuple[Any, ...] | None = None
+    reuse_address: bool | None = None
+
+    def bind(self, address: Any) -> None:
+        self.script.call("bind", self.kind_name, address[0])
+        self.address = address
+        option = self.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        self.reuse_address = bool(option)
+
+    def listen(self, backlog: int = 0) -> None:
+        assert self.address is not None, "listen() before bind()"
+        self.script.call("listen", self.kind_name, self.address[0])
+
+    def getsockname(self) -> Any:
+        return self.address
+
+
+class BindScript:
+    """
+    Stands in for the socket factory of txportend's bind checks
+    (``_sockets.new_socket``): its sockets fail with the errno scripted in
+    :attr:`errors` for a ``(call, kind, where)``, where ``call`` is
+    ``"socket"``, ``"bind"`` or ``"listen"``, ``kind`` is ``"tcp"`` or
+    ``"udp"``, and ``where`` is the address bound (``"v4"`` or ``"v6"`` for
+    ``"socket"``). Every call is recorded in :attr:`calls`, every socket
+    made in :attr:`sockets`.
+    """
+
+    def __init__(self) -> None:
+        self.errors: dict[tuple[str, str, str], int] = {}
+        self.calls: list[tuple[str, str, str]] = []
+        self.sockets: list[socket.socket] = []
+
+    def call(self, call: str, kind: str, where: str) -> None:
+        self.calls.append((call, kind, where))
+        code = self.errors.get((call, kind, where))
+        if code is not None:
+            raise OSError(code, os.strerror(code))
+
+    def __call__(self, family: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        kind_name = "tcp" if kind == socket.SOCK_STREAM else "udp"
+        self.call("socket", kind_name, "v6" if family == socket.AF_INET6 else "v4")
+        sock = _ScriptedSocket(family, kind)
+        sock.script = self
+        sock.kind_name = kind_name
+        self.sockets.append(sock)
+        return sock
+
+
+@pytest.fixture
+def bind_script(monkeypatch: pytest.MonkeyPatch) -> BindScript:
+    """Bind checks (``can_bind``, ``find_available_local_port``,
+    ``port_is_free``) get their sockets from a :class:`BindScript`."""
+    from txportend import _sockets
+
+    script = BindScript()
+    monkeypatch.setattr(_sockets, "new_socket", script)
+    return script

@@ -24,6 +24,7 @@ import txportend
 from txportend import _cli_args, blocking, cli
 from txportend._hostport import check_host
 
+from .conftest import BindScript
 from .fakes import memory_reactor
 
 BAD_HOSTS: list[Any] = [
@@ -74,14 +75,16 @@ DEFERRED_CALLS: dict[str, Callable[[Any, Any, Any], object]] = {
 
 @pytest.mark.parametrize("face", sorted(DEFERRED_CALLS))
 @pytest.mark.parametrize("host", BAD_HOSTS, ids=repr)
-def test_the_deferred_api_refuses_a_bad_host_at_once(face: str, host: object) -> None:
+def test_the_deferred_api_refuses_a_bad_host_at_once(
+    face: str, host: object, bind_script: BindScript
+) -> None:
     """Not a wait that retries until its timeout, nor a failed Deferred, nor
     an AttributeError from inside: check_host's error, raised synchronously,
-    before any lookup or connection."""
+    before any lookup, connection or bind."""
     reactor = memory_reactor()
     assert refusal(lambda: DEFERRED_CALLS[face](host, 80, reactor)) == expected(host)
     assert reactor.nameResolver.asked == []
-    assert reactor.tcpClients == [] and reactor.tcpServers == []
+    assert reactor.tcpClients == [] and bind_script.calls == []
     assert reactor.getDelayedCalls() == []
 
 

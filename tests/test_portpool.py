@@ -7,6 +7,7 @@ the check that a port is free right now.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from txportend._portpool import (
@@ -25,6 +26,7 @@ from txportend._portpool import (
     process_start_time,
 )
 
+from .conftest import BindScript, open_fds
 from .fakes import has_ipv6_loopback
 
 _sync = SynchronousTestCase()
@@ -237,73 +239,85 @@ def test_process_start_time_through_psutil() -> None:
 # Is the port free right now?
 
 
-class ListenRecorder(MemoryReactorClock):
-    """Records listenTCP/listenUDP calls and fails them as scripted."""
-
-    def __init__(self, errors: dict[tuple[str, str], int]) -> None:
-        super().__init__()
-        self.errors = errors
-        self.listens: list[tuple[str, str]] = []
-
-    def _listen(self, kind: str, port: int, interface: str) -> Any:
-        self.listens.append((kind, interface))
-        code = self.errors.get((kind, interface))
-        if code is not None:
-            raise CannotListenError(interface, port, OSError(code, "scripted"))
-        return super().listenTCP(port, None, interface=interface)  # type: ignore[arg-type]
-
-    def listenTCP(
-        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
-    ) -> Any:
-        return self._listen("tcp", port, interface)
-
-    def listenUDP(
-        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
-    ) -> Any:
-        return self._listen("udp", port, interface)
-
-
-ALL = [("tcp", "::"), ("tcp", "0.0.0.0"), ("udp", "::"), ("udp", "0.0.0.0")]
+ALL = [("tcp", "v6"), ("tcp", "v4"), ("udp", "v6"), ("udp", "v4")]
 
 
 @pytest.mark.parametrize(
-    ("errors", "free", "listens"),
+    ("errors", "free", "tried"),
     [
         ({}, True, ALL),
-        ({("tcp", "0.0.0.0"): errno.EADDRINUSE}, False, ALL[:2]),
-        ({("udp", "::"): errno.EADDRINUSE}, False, ALL[:3]),
-        ({("tcp", "::"): errno.EACCES}, False, ALL[:1]),
+        ({("bind", "tcp", "0.0.0.0"): errno.EADDRINUSE}, False, ALL[:2]),
+        ({("listen", "tcp", "::"): errno.EADDRINUSE}, False, ALL[:1]),
+        ({("bind", "udp", "::"): errno.EADDRINUSE}, False, ALL[:3]),
+        ({("bind", "tcp", "::"): errno.EACCES}, False, ALL[:1]),
         # No IPv6 here: skipped.
         (
-            {("tcp", "::"): errno.EAFNOSUPPORT, ("udp", "::"): errno.EAFNOSUPPORT},
+            {("socket", "tcp", "v6"): errno.EAFNOSUPPORT},
             True,
             ALL,
         ),
         (
-            {("tcp", "::"): errno.EADDRNOTAVAIL, ("udp", "::"): errno.EADDRNOTAVAIL},
+            {("bind", "tcp", "::"): errno.EADDRNOTAVAIL},
             True,
             ALL,
         ),
         # Neither family: nothing is free.
         (
-            {("tcp", "::"): errno.EAFNOSUPPORT, ("tcp", "0.0.0.0"): errno.EAFNOSUPPORT},
+            {
+                ("socket", "tcp", "v6"): errno.EAFNOSUPPORT,
+                ("socket", "tcp", "v4"): errno.EAFNOSUPPORT,
+            },
             False,
             ALL[:2],
         ),
     ],
 )
 def test_port_is_free_checks_tcp_and_udp_on_both_families(
-    errors: dict[tuple[str, str], int], free: bool, listens: list[tuple[str, str]]
+    bind_script: BindScript,
+    errors: dict[tuple[str, str, str], int],
+    free: bool,
+    tried: list[tuple[str, str]],
 ) -> None:
-    reactor = ListenRecorder(errors)
-    assert _sync.successResultOf(port_is_free(reactor, 20000)) is free
-    assert reactor.listens == listens
+    """TCP then UDP, IPv6 then IPv4, each on the wildcard address."""
+    bind_script.errors.update(errors)
+    assert _sync.successResultOf(port_is_free(None, 20000)) is free
+    assert [(k, w) for c, k, w in bind_script.calls if c == "socket"] == tried
+    assert all(s.fileno() == -1 for s in bind_script.sockets)
 
 
-def test_port_is_free_fails_on_errors_that_say_nothing_about_the_port() -> None:
-    reactor = ListenRecorder({("tcp", "::"): errno.EMFILE})
-    failure = _sync.failureResultOf(port_is_free(reactor, 20000), CannotListenError)
+def test_port_is_free_binds_as_listen_tcp_and_listen_udp(
+    bind_script: BindScript,
+) -> None:
+    """TCP: SO_REUSEADDR (POSIX), bind, listen. UDP: bind only, without it."""
+    assert _sync.successResultOf(port_is_free(None, 20000)) is True
+    assert bind_script.calls == [
+        ("socket", "tcp", "v6"),
+        ("bind", "tcp", "::"),
+        ("listen", "tcp", "::"),
+        ("socket", "tcp", "v4"),
+        ("bind", "tcp", "0.0.0.0"),
+        ("listen", "tcp", "0.0.0.0"),
+        ("socket", "udp", "v6"),
+        ("bind", "udp", "::"),
+        ("socket", "udp", "v4"),
+        ("bind", "udp", "0.0.0.0"),
+    ]
+    assert [s.reuse_address for s in bind_script.sockets] == [  # type: ignore[attr-defined]
+        os.name == "posix",
+        os.name == "posix",
+        False,
+        False,
+    ]
+
+
+@pytest.mark.parametrize("where", [("socket", "tcp", "v6"), ("bind", "udp", "0.0.0.0")])
+def test_port_is_free_fails_on_errors_that_say_nothing_about_the_port(
+    bind_script: BindScript, where: tuple[str, str, str]
+) -> None:
+    bind_script.errors[where] = errno.EMFILE
+    failure = _sync.failureResultOf(port_is_free(None, 20000), CannotListenError)
     assert failure.value.socketError.errno == errno.EMFILE
+    assert all(s.fileno() == -1 for s in bind_script.sockets)
 
 
 def _bound(kind: int, family: int, address: str, port: int) -> socket.socket:
@@ -375,3 +389,29 @@ async def test_port_is_free_on_real_sockets(
     with _bound(kind, family, address, port):
         assert await port_is_free(reactor, port) is False
     assert await port_is_free(reactor, port) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_port_is_free_binds_udp_without_so_reuseaddr(reactor: Any) -> None:
+    """As listenUDP: a UDP port held by a socket that set SO_REUSEADDR is
+    busy (it would look free to a check that set it too)."""
+    port = _quiet_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("0.0.0.0", port))
+        assert await port_is_free(reactor, port) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_port_is_free_logs_nothing_and_leaves_no_fd(reactor: Any) -> None:
+    """Eight binds per port, and not one line in twistd.log for them (the
+    reactor's listenTCP/listenUDP logged two each), nor an fd left open."""
+    port = _quiet_port()
+    before = open_fds() if os.path.isdir("/proc/self/fd") else set()
+    with capturedLogs() as events:
+        assert await port_is_free(reactor, port) is True
+        with _bound(socket.SOCK_DGRAM, socket.AF_INET, "127.0.0.1", port):
+            assert await port_is_free(reactor, port) is False
+    assert events == []
+    if before:
+        assert open_fds() - before == set()

@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 from twisted.application.service import IServiceMaker
 from twisted.application.twist._options import TwistOptions
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactorClock, _FakePort
 from twisted.logger import capturedLogs, formatEvent
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -33,6 +31,7 @@ from txportend._daemon import Target, Watchlist
 from txportend._portserver import PortServer
 from txportend.tap import Options, _StartError, makeService
 
+from .conftest import BindScript
 from .fakes import accept, attempts, memory_reactor, refuse
 from .test_metrics import whole
 from .test_portserver import Conn
@@ -478,21 +477,11 @@ def test_make_service_portserver_alone_starts_on_start_service_too() -> None:
         service.stopService()
 
 
-class _WithUDP(MemoryReactorClock):
-    """A memory reactor where every port is free for TCP and UDP."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.nameResolver = memory_reactor().nameResolver
-
-    def listenUDP(self, port: int, protocol: Any, *args: Any, **kw: Any) -> Any:
-        return _FakePort(IPv4Address("UDP", "0.0.0.0", port))
-
-
-def test_the_site_shows_the_portservers_figures() -> None:
+def test_the_site_shows_the_portservers_figures(bind_script: BindScript) -> None:
     """makeService hands its portserver to the web side: /status shows its
-    figures as they are when asked."""
-    reactor = _WithUDP()
+    figures as they are when asked. (Its port checks bind scripted sockets:
+    every port is free.)"""
+    reactor = memory_reactor()
     service = makeService(
         parsed(
             "--portserver",
@@ -510,7 +499,7 @@ def test_the_site_shows_the_portservers_figures() -> None:
         ((_, factory, *_),) = reactor.unixServers
         assert Conn(factory).send(b"%d\n" % os.getpid()).answer == b"20000\n"
         Conn(factory).send(b"garbage\n")
-        (_, site, *_) = reactor.tcpServers[0]  # then the port checks
+        ((_, site, *_),) = reactor.tcpServers
         status = json.loads(request(site, reactor, "/status").body)
     finally:
         service.stopService()

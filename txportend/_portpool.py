@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import errno
 import itertools
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable
 
 import psutil  # type: ignore[import-untyped]
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorUDP
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
-from zope.interface import Interface
 
-from ._probe import _NOT_BINDABLE, _close, _NullFactory
+from ._probe import _NOT_BINDABLE
+from ._sockets import bind_now
 
 log = Logger()
 
@@ -43,10 +42,6 @@ PortCheck = Callable[[int], "Deferred[bool]"]
 # bind() errors on a wildcard address that mean the machine lacks the
 # address family (socket() fails, or IPv6 is disabled).
 _NO_FAMILY = frozenset({errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL})
-
-
-class IBindReactor(IReactorTCP, IReactorUDP, Interface):
-    """What ``port_is_free`` needs: ``listenTCP`` and ``listenUDP``."""
 
 
 def process_start_time(pid: int) -> float | None:
@@ -117,54 +112,51 @@ def parse_port_ranges(text: str) -> list[int]:
     return [port for start, end, _ in ranges for port in range(start, end + 1)]
 
 
-def port_is_free(reactor: IBindReactor, port: int) -> Deferred[bool]:
+def port_is_free(reactor: object, port: int) -> Deferred[bool]:
     """
     Say whether ``port`` is free right now for TCP and for UDP, on IPv6 and
     on IPv4, as portpicker's portserver decides (its ``_is_port_free``):
-    listen on the wildcard address of each family, TCP then UDP, each socket
+    bind the wildcard address of each family, TCP then UDP, each socket
     closed before the next is bound.
 
-    Through the reactor, which never blocks: ``listenTCP`` binds with
-    ``SO_REUSEADDR`` and listens, as portpicker does; ``listenUDP`` binds
-    without ``SO_REUSEADDR``, which can only find more ports busy (a UDP
-    port shared by sockets that all set it). An address family this machine
-    lacks is skipped; with neither family, no port is free.
+    Each bind is what Twisted's ``listenTCP`` and ``listenUDP`` would do,
+    made on a plain socket and closed at once (none of it blocks): TCP binds
+    with ``SO_REUSEADDR`` and listens, as portpicker does; UDP binds without
+    ``SO_REUSEADDR``, which can only find more ports busy (a UDP port shared
+    by sockets that all set it). The binds do not go through the reactor, so
+    they log nothing. An address family this machine lacks is skipped; with
+    neither family, no port is free.
 
-    :param reactor: the reactor to listen with.
+    :param reactor: unused, kept so that callers passing one keep working.
     :param port: the port to check.
-    :return: a Deferred firing with ``True`` or ``False``, or failing with
-        :exc:`~twisted.internet.error.CannotListenError` for an error that
-        says nothing about the port (out of file descriptors, say).
+    :return: a Deferred that has already fired with ``True`` or ``False``,
+        or failed with :exc:`~twisted.internet.error.CannotListenError` for
+        an error that says nothing about the port (out of file descriptors,
+        say).
     """
+    try:
+        return succeed(_is_free(port))
+    except CannotListenError as e:
+        return fail(e)
 
-    async def check() -> bool:
-        udp = DatagramProtocol()
-        udp.noisy = False
-        listens: list[Callable[[str], IListeningPort]] = [
-            lambda interface: reactor.listenTCP(
-                port, _NullFactory(), interface=interface
-            ),
-            lambda interface: reactor.listenUDP(port, udp, interface, 8192),
-        ]
-        for listen in listens:
-            families = 0
-            for interface in ("::", "0.0.0.0"):
-                try:
-                    listening = listen(interface)
-                except CannotListenError as e:
-                    code = getattr(e.socketError, "errno", None)
-                    if code in _NO_FAMILY:
-                        continue
-                    if code in _NOT_BINDABLE:
-                        return False
-                    raise
-                families += 1
-                await _close(listening)
-            if not families:
-                return False
-        return True
 
-    return Deferred.fromCoroutine(check())
+def _is_free(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        families = 0
+        for interface in ("::", "0.0.0.0"):
+            try:
+                bind_now(interface, port, kind)
+            except CannotListenError as e:
+                code = getattr(e.socketError, "errno", None)
+                if code in _NO_FAMILY:
+                    continue
+                if code in _NOT_BINDABLE:
+                    return False
+                raise
+            families += 1
+        if not families:
+            return False
+    return True
 
 
 class _Slot:
@@ -256,7 +248,7 @@ class PortPool:
 
         :param pid: the process the port is for.
         :param is_free: says whether a port is free right now, such as
-            ``port_is_free`` on a reactor.
+            ``port_is_free``.
         :return: a Deferred firing with the port, or ``None`` when no port is
             left (or process ``pid`` is gone); failing with what ``is_free``
             failed with.
@@ -296,7 +288,6 @@ class PortPool:
 
 __all__ = [
     "DEFAULT_POOL",
-    "IBindReactor",
     "PortCheck",
     "PortPool",
     "ProcessStart",

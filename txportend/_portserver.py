@@ -44,7 +44,6 @@ from zope.interface import Interface
 from ._portclient import unix_address
 from ._portpool import (
     DEFAULT_POOL,
-    IBindReactor,
     PortCheck,
     PortPool,
     parse_port_ranges,
@@ -69,11 +68,11 @@ DEFAULT_MAX_CONNECTIONS = 100
 _MAX_REQUEST = 20
 
 
-class IPortServerReactor(IBindReactor, IReactorUNIX, IReactorTime, Interface):
+class IPortServerReactor(IReactorUNIX, IReactorTime, Interface):
     """
     What the portserver needs from a reactor: it listens on ``AF_UNIX``
-    (:class:`~twisted.internet.interfaces.IReactorUNIX`), checks ports with
-    ``listenTCP`` and ``listenUDP``, and times out slow clients.
+    (:class:`~twisted.internet.interfaces.IReactorUNIX`) and times out slow
+    clients. Its port checks bind plain sockets, without the reactor.
     """
 
 
@@ -269,15 +268,15 @@ class PortServer(Service):
         filesystem path; ``DEFAULT_ADDRESS`` by default.
     :param pool: the ports to hand out, ``PortPool(parse_port_ranges(
         DEFAULT_POOL))`` by default. The pool also says which processes live.
-    :param reactor: a reactor providing ``IReactorTCP``, ``IReactorUDP``,
-        ``IReactorUNIX`` and ``IReactorTime``, the global reactor by
-        default (looked up when the service starts).
+    :param reactor: a reactor providing ``IReactorUNIX`` and
+        ``IReactorTime``, the global reactor by default (looked up when the
+        service starts).
     :param allow_other_users: answer every local user, not only the server's.
     :param max_connections: connections served at once (roughly, see
         above).
     :param request_timeout: seconds a client may take to send its request.
     :param port_check: says whether a port is free right now;
-        ``port_is_free`` on the reactor by default.
+        ``port_is_free`` by default.
     :param peer_uid: the user id at the other end of a connection, ``None``
         when unknown; ``peer_uid`` by default.
     :raises ValueError: for a bad address.

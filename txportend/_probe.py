@@ -2,9 +2,11 @@
 One look at a port: resolve a host without blocking, try one TCP connection
 to each address, or try to bind.
 
-Everything goes through the reactor it is given (``connectTCP``,
-``listenTCP``, ``callLater`` and its ``nameResolver``), so a
+Probes go through the reactor they are given (``connectTCP``,
+``callLater`` and its ``nameResolver``), so a
 :class:`~twisted.internet.testing.MemoryReactorClock` drives every path.
+Bind checks don't: binding never waits, so they bind and close a plain
+socket at once (``_sockets.bind_now``), and log nothing.
 
 Each address gets one connection attempt: ``_connect.connect_once``, whose
 module says which of its two transports runs where, and why.
@@ -17,7 +19,7 @@ import errno
 import math
 import socket
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -27,7 +29,6 @@ from twisted.internet.interfaces import (
     IHostResolution,
     IResolutionReceiver,
 )
-from twisted.internet.protocol import Protocol, ServerFactory
 from zope.interface import implementer
 
 from ._connect import connect_once
@@ -36,10 +37,7 @@ from ._hostport import TimeoutType, check_host, check_port, client_host, seconds
 from ._reactor import IPortendReactor, get_reactor
 from ._result import ProbeResult, is_address
 from ._result import probe_now as _probe_now
-from ._sockets import Outcome
-
-if TYPE_CHECKING:
-    from twisted.internet.interfaces import IListeningPort
+from ._sockets import Outcome, bind_now
 
 
 @implementer(IResolutionReceiver)
@@ -262,22 +260,6 @@ def probe_now(host: str, port: int) -> ProbeResult | None:
     return _probe_now(host, check_port(port))
 
 
-class _NullFactory(ServerFactory):
-    noisy = False
-    protocol = Protocol
-
-
-def _listen(reactor: IPortendReactor, address: str, port: int) -> IListeningPort:
-    return reactor.listenTCP(port, _NullFactory(), interface=address)
-
-
-def _close(listening: IListeningPort) -> Deferred[None]:
-    stopped = listening.stopListening()
-    if isinstance(stopped, Deferred):
-        return stopped.addCallback(lambda _: None)
-    return succeed(None)
-
-
 # bind() errors that mean "this port can't be had here now".
 _NOT_BINDABLE = frozenset({errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL})
 
@@ -291,16 +273,19 @@ def can_bind(
 ) -> Deferred[bool]:
     """
     Say whether this process could listen on ``host:port`` right now, by
-    binding it with ``reactor.listenTCP`` and closing it again at once.
+    binding a TCP socket there and closing it again at once, as
+    ``reactor.listenTCP`` would bind it. The bind does not go through the
+    reactor, so it logs nothing (``listenTCP`` and ``stopListening`` log a
+    line each).
 
     This sees what a connect probe cannot: a port held by a socket that is
     bound without ``SO_REUSEADDR`` but not listening, for instance. Like any
-    Twisted server (and most others), ``listenTCP`` binds with
-    ``SO_REUSEADDR`` on POSIX, so a port whose old connections linger in
-    TIME_WAIT counts as bindable, and so does a port held by another socket
-    that also set ``SO_REUSEADDR`` but has not called ``listen()`` yet (a
-    server between its ``bind()`` and its ``listen()``): the kernel lets
-    both bind, and whichever listens first keeps the port.
+    Twisted server (and most others), the check binds with ``SO_REUSEADDR``
+    on POSIX, so a port whose old connections linger in TIME_WAIT counts as
+    bindable, and so does a port held by another socket that also set
+    ``SO_REUSEADDR`` but has not called ``listen()`` yet (a server between
+    its ``bind()`` and its ``listen()``): the kernel lets both bind, and
+    whichever listens first keeps the port.
 
     :param host: an address or name to bind; ``0.0.0.0`` and ``::`` mean
         every interface. A name must be bindable on every address it
@@ -308,7 +293,8 @@ def can_bind(
     :param port: the TCP port.
     :param timeout: seconds (or a :class:`~datetime.timedelta`) the name
         lookup may take (binding never waits); ``None``: no limit.
-    :param reactor: the reactor to use; the global one by default.
+    :param reactor: the reactor whose ``nameResolver`` looks up a name; the
+        global one by default (not needed for an address literal).
     :return: a Deferred firing with ``True``, or ``False`` when binding
         fails for the address (in use, not permitted, not local); failing
         with :class:`~txportend.HostNotFound` (a name that does not resolve,
@@ -319,23 +305,23 @@ def can_bind(
     check_host(host)
     port = check_port(port)
     limit = seconds(timeout)
-    r = get_reactor(reactor)
     addresses: Deferred[list[str]] = (
-        succeed([host]) if is_address(host) else resolve(r, host, port, limit)
+        succeed([host])
+        if is_address(host)
+        else resolve(get_reactor(reactor), host, port, limit)
     )
 
-    def bind_each(found: Sequence[str]) -> Deferred[bool]:
+    def bind_each(found: Sequence[str]) -> bool:
         # One address at a time, each closed before the next is bound: a name
         # resolving to 0.0.0.0 and :: must not collide with itself.
-        if not found:
-            return succeed(True)
-        try:
-            listening = _listen(r, found[0], port)
-        except error.CannotListenError as e:
-            if getattr(e.socketError, "errno", None) in _NOT_BINDABLE:
-                return succeed(False)
-            return fail(e)  # EMFILE and the like say nothing about the port
-        return _close(listening).addCallback(lambda _: bind_each(found[1:]))
+        for address in found:
+            try:
+                bind_now(address, port)
+            except error.CannotListenError as e:
+                if getattr(e.socketError, "errno", None) in _NOT_BINDABLE:
+                    return False
+                raise  # EMFILE and the like say nothing about the port
+        return True
 
     return addresses.addCallback(bind_each)
 
@@ -345,19 +331,20 @@ def find_available_local_port(
 ) -> Deferred[int]:
     """
     Find a TCP port on 127.0.0.1 that nothing is bound to, by letting the
-    kernel pick one with ``reactor.listenTCP(0)`` and closing it again.
+    kernel pick one: bind port 0 as ``reactor.listenTCP(0)`` would (with
+    ``SO_REUSEADDR`` on POSIX), and close the socket at once. The bind does
+    not go through the reactor, so it logs nothing.
 
-    :param reactor: the reactor to use; the global one by default.
-    :return: a Deferred firing with the port number (1..65535) once the
-        listening socket is closed.
+    :param reactor: unused, kept so that calls passing one keep working.
+    :return: a Deferred that has already fired with the port number
+        (1..65535), the socket closed; or failed with
+        :exc:`~twisted.internet.error.CannotListenError` when no socket could
+        be bound (out of file descriptors, say).
     """
-    r = get_reactor(reactor)
     try:
-        listening = _listen(r, "127.0.0.1", 0)
+        return succeed(bind_now("127.0.0.1", 0))
     except error.CannotListenError as e:
         return fail(e)
-    number: int = listening.getHost().port  # type: ignore[attr-defined]
-    return _close(listening).addCallback(lambda _: number)
 
 
 __all__ = [

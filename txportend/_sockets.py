@@ -1,12 +1,12 @@
 """
-One TCP connection attempt with a plain non-blocking socket, and the socket
-habits every probe shares.
+One TCP connection attempt with a plain non-blocking socket, the socket
+habits every probe shares, and the bind check (:func:`bind_now`).
 
 The core's probe on Twisted's POSIX reactors starts here and hands the socket
 to the reactor only when the kernel has no answer yet; the blocking API and
 the command line's quick look use the same start when no waiting is needed.
 The command line's quick look runs before Twisted is imported, so nothing
-here imports it.
+here imports it (but a failing :func:`bind_now`, to raise Twisted's error).
 
 Every probe leaves like a polite client: an accepted connection is closed
 normally (FIN), as portend, ``nc -z`` and Prometheus' blackbox_exporter do,
@@ -97,12 +97,65 @@ def _sockaddr(address: str, port: int) -> tuple[object, ...]:
 _NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
 
 
-def new_socket(family: int) -> socket.socket:
-    """A non-blocking TCP socket of ``family``."""
-    sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
+def new_socket(family: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A non-blocking socket of ``family``: TCP, or ``kind``."""
+    sock = socket.socket(family, kind | _NONBLOCK)
     if not _NONBLOCK:
         sock.setblocking(False)
     return sock
+
+
+# Twisted's tcp.Port.createInternetSocket sets SO_REUSEADDR on POSIX only,
+# not on Cygwin (on Windows it would let the socket bind a port in use);
+# listenTCP's default backlog.
+_REUSE_ADDRESS = os.name == "posix" and sys.platform != "cygwin"
+_BACKLOG = 50
+
+
+def bind_now(address: str, port: int, kind: int = socket.SOCK_STREAM) -> int:
+    """
+    Bind ``address:port`` as Twisted's ``listenTCP`` (``kind``
+    ``SOCK_STREAM``) or ``listenUDP`` (``SOCK_DGRAM``) binds it, then close
+    the socket at once: no reactor, so nothing is logged. None of these
+    calls blocks, so this may run on the reactor thread.
+
+    Twisted's choices, so the answers are the ones ``listenTCP`` and
+    ``listenUDP`` give: a non-blocking socket; for TCP ``SO_REUSEADDR`` on
+    POSIX, then ``bind()`` and ``listen()``; for UDP ``bind()`` only,
+    without ``SO_REUSEADDR``. An IPv6 literal, ``%scope`` included, is bound
+    at the address Twisted resolves it to. The socket comes from
+    :func:`new_socket`, looked up when called.
+
+    :param address: an IPv4 or IPv6 address literal (``0.0.0.0``, ``::``:
+        every interface).
+    :param port: the port, 0 for one the kernel picks.
+    :param kind: ``socket.SOCK_STREAM`` (TCP) or ``socket.SOCK_DGRAM`` (UDP).
+    :return: the port bound: ``port``, or the kernel's pick for 0.
+    :raises twisted.internet.error.CannotListenError: with the
+        :exc:`OSError` of ``socket()``, ``bind()`` or ``listen()`` (or of an
+        IPv6 scope that names no interface) as its ``socketError``, as
+        ``listenTCP`` raises it. The socket is closed whatever happens.
+    """
+    sock: socket.socket | None = None
+    try:
+        sockaddr = _sockaddr(address, port)
+        sock = new_socket(socket.AF_INET6 if ":" in address else socket.AF_INET, kind)
+        if kind == socket.SOCK_STREAM and _REUSE_ADDRESS:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(_BACKLOG)
+        bound: int = sock.getsockname()[1]
+    except OSError as e:
+        # Imported here: the command line's quick look uses this module
+        # before Twisted is imported.
+        from twisted.internet.error import CannotListenError
+
+        raise CannotListenError(address, port, e) from e  # type: ignore[no-untyped-call]
+    finally:
+        if sock is not None:
+            sock.close()
+    return bound
 
 
 # What socket() or connect() says when this machine has no address of the

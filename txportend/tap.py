@@ -201,7 +201,7 @@ def makeService(
 
     :param options: parsed :class:`Options`.
     :param reactor: the reactor to use; the global one by default. It must
-        provide ``IReactorUNIX`` and ``IReactorUDP`` too for a portserver.
+        provide ``IReactorUNIX`` too for a portserver.
     :return: the service for twistd to run.
     """
     from ._daemon import Watchlist
