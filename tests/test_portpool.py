@@ -280,7 +280,7 @@ def test_port_is_free_checks_tcp_and_udp_on_both_families(
 ) -> None:
     """TCP then UDP, IPv6 then IPv4, each on the wildcard address."""
     bind_script.errors.update(errors)
-    assert _sync.successResultOf(port_is_free(None, 20000)) is free
+    assert _sync.successResultOf(port_is_free(20000)) is free
     assert [(k, w) for c, k, w in bind_script.calls if c == "socket"] == tried
     assert all(s.fileno() == -1 for s in bind_script.sockets)
 
@@ -289,7 +289,7 @@ def test_port_is_free_binds_as_listen_tcp_and_listen_udp(
     bind_script: BindScript,
 ) -> None:
     """TCP: SO_REUSEADDR (POSIX), bind, listen. UDP: bind only, without it."""
-    assert _sync.successResultOf(port_is_free(None, 20000)) is True
+    assert _sync.successResultOf(port_is_free(20000)) is True
     assert bind_script.calls == [
         ("socket", "tcp", "v6"),
         ("bind", "tcp", "::"),
@@ -315,7 +315,7 @@ def test_port_is_free_fails_on_errors_that_say_nothing_about_the_port(
     bind_script: BindScript, where: tuple[str, str, str]
 ) -> None:
     bind_script.errors[where] = errno.EMFILE
-    failure = _sync.failureResultOf(port_is_free(None, 20000), CannotListenError)
+    failure = _sync.failureResultOf(port_is_free(20000), CannotListenError)
     assert failure.value.socketError.errno == errno.EMFILE
     assert all(s.fileno() == -1 for s in bind_script.sockets)
 
@@ -387,8 +387,8 @@ async def test_port_is_free_on_real_sockets(
         pytest.skip("no IPv6 loopback here")
     port = _quiet_port()
     with _bound(kind, family, address, port):
-        assert await port_is_free(reactor, port) is False
-    assert await port_is_free(reactor, port) is True
+        assert await port_is_free(port) is False
+    assert await port_is_free(port) is True
 
 
 @pytest_twisted.ensureDeferred
@@ -399,7 +399,7 @@ async def test_port_is_free_binds_udp_without_so_reuseaddr(reactor: Any) -> None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("0.0.0.0", port))
-        assert await port_is_free(reactor, port) is False
+        assert await port_is_free(port) is False
 
 
 @pytest_twisted.ensureDeferred
@@ -409,9 +409,9 @@ async def test_port_is_free_logs_nothing_and_leaves_no_fd(reactor: Any) -> None:
     port = _quiet_port()
     before = open_fds() if os.path.isdir("/proc/self/fd") else set()
     with capturedLogs() as events:
-        assert await port_is_free(reactor, port) is True
+        assert await port_is_free(port) is True
         with _bound(socket.SOCK_DGRAM, socket.AF_INET, "127.0.0.1", port):
-            assert await port_is_free(reactor, port) is False
+            assert await port_is_free(port) is False
     assert events == []
     if before:
         assert open_fds() - before == set()

@@ -112,7 +112,7 @@ def parse_port_ranges(text: str) -> list[int]:
     return [port for start, end, _ in ranges for port in range(start, end + 1)]
 
 
-def port_is_free(reactor: object, port: int) -> Deferred[bool]:
+def port_is_free(port: int) -> Deferred[bool]:
     """
     Say whether ``port`` is free right now for TCP and for UDP, on IPv6 and
     on IPv4, as portpicker's portserver decides (its ``_is_port_free``):
@@ -127,7 +127,6 @@ def port_is_free(reactor: object, port: int) -> Deferred[bool]:
     they log nothing. An address family this machine lacks is skipped; with
     neither family, no port is free.
 
-    :param reactor: unused, kept so that callers passing one keep working.
     :param port: the port to check.
     :return: a Deferred that has already fired with ``True`` or ``False``,
         or failed with :exc:`~twisted.internet.error.CannotListenError` for

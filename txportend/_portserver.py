@@ -474,7 +474,7 @@ class PortServer(Service):
     def _check(self, port: int) -> Deferred[bool]:
         if self._port_check is not None:
             return self._port_check(port)
-        return port_is_free(self._clock, port)
+        return port_is_free(port)
 
     async def _serve(self) -> None:
         """Serve the queued requests, one at a time."""
