@@ -340,6 +340,22 @@ def test_a_blocking_timeout_is_caught_as_txportend_timeout(closed_v4: int) -> No
         blocking.occupied("127.0.0.1", closed_v4, 0)
 
 
+def test_find_available_local_port_binds_in_the_calling_thread() -> None:
+    """As a process's first call it starts no thread, and imports no
+    reactor."""
+    code = (
+        "import sys, threading\n"
+        "import txportend.blocking as portend\n"
+        "port = portend.find_available_local_port()\n"
+        "print(0 < port < 65536, threading.active_count(),"
+        " 'twisted.internet.reactor' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert (done.stdout, done.stderr) == ("True 1 False\n", "")
+
+
 def test_find_available_local_port_returns_an_int_one_can_listen_on() -> None:
     port = blocking.find_available_local_port()
     assert type(port) is int
@@ -427,6 +443,8 @@ def _txportend_threads() -> list[threading.Thread]:
 
 def test_one_daemon_thread_serves_every_call(closed_v4: int) -> None:
     """Calls on address literals start no thread beyond the private reactor's."""
+    with pytest.raises(blocking.Timeout):  # the private reactor's, started
+        blocking.occupied("127.0.0.1", closed_v4, 0.02)
     blocking.Checker().assert_free("127.0.0.1", closed_v4)
     before = set(threading.enumerate())
     for _ in range(200):

@@ -326,6 +326,19 @@ def can_bind(
     return addresses.addCallback(bind_each)
 
 
+def local_port_now() -> int:
+    """
+    A TCP port on 127.0.0.1 that nothing is bound to, picked by the kernel:
+    port 0 bound as ``reactor.listenTCP(0)`` would bind it (with
+    ``SO_REUSEADDR`` on POSIX), and the socket closed at once. It never
+    blocks and needs no reactor.
+
+    :raises twisted.internet.error.CannotListenError: when no socket could be
+        bound (out of file descriptors, say).
+    """
+    return bind_now("127.0.0.1", 0)
+
+
 def find_available_local_port(
     *, reactor: IPortendReactor | None = None
 ) -> Deferred[int]:
@@ -335,14 +348,15 @@ def find_available_local_port(
     ``SO_REUSEADDR`` on POSIX), and close the socket at once. The bind does
     not go through the reactor, so it logs nothing.
 
-    :param reactor: unused, kept so that calls passing one keep working.
+    :param reactor: not used: binding needs no reactor (accepted, as by
+        every call of this API).
     :return: a Deferred that has already fired with the port number
         (1..65535), the socket closed; or failed with
         :exc:`~twisted.internet.error.CannotListenError` when no socket could
         be bound (out of file descriptors, say).
     """
     try:
-        return succeed(bind_now("127.0.0.1", 0))
+        return succeed(local_port_now())
     except error.CannotListenError as e:
         return fail(e)
 

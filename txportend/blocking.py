@@ -413,12 +413,17 @@ def occupied(
 
 def find_available_local_port() -> int:
     """
-    Find a free port on localhost.
+    Find a free port on localhost: a TCP port on 127.0.0.1 that the kernel
+    picks, bound and closed at once in the calling thread, as portend's does
+    (see :func:`txportend.find_available_local_port`). It starts no thread.
 
     >>> 0 < find_available_local_port() < 65536
     True
+
+    :raises twisted.internet.error.CannotListenError: when no socket could be
+        bound (out of file descriptors, say).
     """
-    return _call(_probe.find_available_local_port)
+    return _probe.local_port_now()
 
 
 def request_port(
