@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -130,3 +130,13 @@ def bind_script(monkeypatch: pytest.MonkeyPatch) -> BindScript:
     script = BindScript()
     monkeypatch.setattr(_sockets, "new_socket", script)
     return script
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A listener on 127.0.0.1, on a port the kernel picks, that accepts
+    only when the test says so."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s

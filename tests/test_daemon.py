@@ -51,6 +51,19 @@ def environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` (twistd or twist and its arguments) to its end, with
+    the tree's txportend, in ``cwd``."""
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=environment(),
+        cwd=cwd,
+        timeout=PATIENCE,
+    )
+
+
 def bound() -> tuple[socket.socket, int]:
     """A loopback socket bound to a port of its own, not listening: its port
     is free until the test listens on it, and no one else can take it."""
@@ -150,13 +163,9 @@ def test_a_bad_start_is_one_line_and_a_non_zero_exit(
 ) -> None:
     if config is not None:
         (tmp_path / "portend.toml").write_text(config)
-    done = subprocess.run(
+    done = run(
         [twistd(), "-n", "--pidfile=", "portend", *args],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        cwd=tmp_path,
-        timeout=PATIENCE,
+        tmp_path,
     )
     assert done.returncode == 1
     assert done.stdout == ""
@@ -174,7 +183,7 @@ def test_in_the_background_too_it_ends_with_one_line_and_exit_1(
     log = tmp_path / "portend.log"
     with taken:
         taken.listen()
-        done = subprocess.run(
+        done = run(
             [
                 twistd(),
                 f"--pidfile={tmp_path / 'portend.pid'}",
@@ -185,11 +194,7 @@ def test_in_the_background_too_it_ends_with_one_line_and_exit_1(
                 "--listen",
                 f"tcp:{port}:interface=127.0.0.1",
             ],
-            capture_output=True,
-            text=True,
-            env=environment(),
-            cwd=tmp_path,
-            timeout=PATIENCE,
+            tmp_path,
         )
     reason = (
         f"portend: error: cannot listen on tcp:{port}:interface=127.0.0.1: "
@@ -220,7 +225,7 @@ def test_an_endpoint_it_cannot_listen_on_is_one_logged_line_and_exit_1(
         reason = f"{description}: [Errno 2] No such file or directory"
     with taken:
         taken.listen()
-        done = subprocess.run(
+        done = run(
             [
                 twistd(),
                 "-n",
@@ -230,11 +235,7 @@ def test_an_endpoint_it_cannot_listen_on_is_one_logged_line_and_exit_1(
                 "--listen",
                 description,
             ],
-            capture_output=True,
-            text=True,
-            env=environment(),
-            cwd=tmp_path,
-            timeout=PATIENCE,
+            tmp_path,
         )
     assert done.returncode == 1
     output = done.stdout + done.stderr
@@ -360,7 +361,7 @@ def test_the_portserver_hands_portpicker_processes_distinct_ports(
     ``portpicker.pick_unused_port()`` with PORTSERVER_ADDRESS set get
     distinct ports, /status counts them, and a second daemon on the same
     address stops with one line."""
-    from .test_portserver import CLIENT, unique_address
+    from .test_portserver import portpicker_client, unique_address
 
     address = unique_address()
     base = 23000 + (os.getpid() % 50) * 20
@@ -378,17 +379,7 @@ def test_the_portserver_hands_portpicker_processes_distinct_ports(
     http = int(daemon.wait_for(r"Site starting on \d+$", 0).rsplit(" ", 1)[1])
 
     env = {**environment(), "PORTSERVER_ADDRESS": address}
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", CLIENT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(6)
-    ]
+    children = [portpicker_client(env) for _ in range(6)]
     try:
         ports = [int(c.stdout.readline()) for c in children]  # type: ignore[union-attr]
         assert len(set(ports)) == 6
@@ -402,16 +393,12 @@ def test_the_portserver_hands_portpicker_processes_distinct_ports(
             "bad_requests": 0,
         }
 
-        second = subprocess.run(
+        second = run(
             [
                 *(twistd(), "-n", "--pidfile=", "portend"),
                 *("--portserver", address, "--listen", "tcp:0:interface=127.0.0.1"),
             ],
-            capture_output=True,
-            text=True,
-            env=environment(),
-            cwd=tmp_path,
-            timeout=PATIENCE,
+            tmp_path,
         )
     finally:
         for c in children:
@@ -446,7 +433,7 @@ def test_a_path_that_is_not_a_socket_ends_it_with_one_line(
             pytest.skip("no twist script beside twistd")
     (tmp_path / "not-a-socket").write_text("")
     args = ["-n", "--pidfile="] if runner == "twistd" else []
-    done = subprocess.run(
+    done = run(
         [
             script,
             *args,
@@ -456,11 +443,7 @@ def test_a_path_that_is_not_a_socket_ends_it_with_one_line(
             "--listen",
             "tcp:0:interface=127.0.0.1",
         ],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        cwd=tmp_path,
-        timeout=PATIENCE,
+        tmp_path,
     )
     line = "portend: error: portserver: not-a-socket exists and is not a socket."
     assert done.returncode == 1

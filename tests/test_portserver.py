@@ -679,6 +679,20 @@ CLIENT = textwrap.dedent(
 )
 
 
+def portpicker_client(env: dict[str, str]) -> subprocess.Popen[str]:
+    """A process that asks for a port with portpicker.pick_unused_port()
+    (PORTSERVER_ADDRESS in ``env``), prints it, and holds it until its
+    standard input ends."""
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
 def test_portpicker_processes_get_distinct_ports() -> None:
     """Several real processes calling portpicker.pick_unused_port() with
     PORTSERVER_ADDRESS set get distinct ports from the pool."""
@@ -696,18 +710,7 @@ def test_portpicker_processes_get_distinct_ports() -> None:
     try:
         assert server.stdout is not None
         assert server.stdout.readline() == "ready\n", server.stderr.read()  # type: ignore[union-attr]
-
-        def child() -> subprocess.Popen[str]:
-            return subprocess.Popen(
-                [sys.executable, "-c", CLIENT],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-
-        children = [child() for _ in range(6)]
+        children = [portpicker_client(env) for _ in range(6)]
         ports = [int(c.stdout.readline()) for c in children]  # type: ignore[union-attr]
         assert len(set(ports)) == 6
         assert all(base <= p < base + 20 for p in ports)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -51,14 +50,6 @@ def _settle(clock: FDClock) -> None:
         for writer in ready:
             writer.doWrite()
     raise AssertionError("the connection attempt never finished")
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s
 
 
 def test_refused(listener: socket.socket) -> None:

@@ -49,15 +49,6 @@ needs_proc_net = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """A loopback listener that accepts only when the test says so."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s
-
-
 async def _accepted_reads(reactor: Any, listener: socket.socket) -> bytes:
     """Accept the probe's connection and read from it, as a server does:
     b"" for a clean end of file; ConnectionResetError after a reset."""
