@@ -564,6 +564,34 @@ def test_the_refresher_keeps_the_lines_current(
     assert clock.getDelayedCalls() == []
 
 
+def test_under_twistd_the_refresher_makes_every_line_before_the_reactor_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """twistd's privileged start (before its reactor runs, before anything
+    listens) goes through every target at once; the cycles follow."""
+    monkeypatch.setattr(txportend._exposition, "SLICE", 4)
+    seen = counting_encoders(monkeypatch)
+    targets = [fake_target(n) for n in range(10)]
+    names = [t.monitor.target for t in targets]
+    watchlist = Watchlist(list(targets))  # type: ignore[arg-type]
+    exposition = Exposition(watchlist)  # type: ignore[arg-type]
+    clock = Clock()
+    refresher = Refresher(exposition, clock, cycle=12.0)
+    refresher.privilegedStartService()
+    assert sorted(target for target, _ in seen) == sorted(names * 9)
+    seen.clear()
+    refresher.startService()
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [4.0]
+    targets[0].monitor.changes += 1
+    clock.advance(4)
+    assert seen == [(names[0], "portend_state_changes_total")]
+    seen.clear()
+    assert b"".join(exposition.metrics(None)[0]) == whole(watchlist, None)
+    assert seen == []
+    refresher.stopService()
+    assert clock.getDelayedCalls() == []
+
+
 def test_a_refresher_that_fails_stops_and_says_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
