@@ -105,6 +105,9 @@ class ScriptedSocket:
             raise OSError(errno.ENOTCONN, "not connected")
         return ("127.0.0.1", 1)
 
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 54321)
+
     def close(self) -> None:
         self.closed = True
 

@@ -109,6 +109,26 @@ def test_an_accepted_connection_is_answered_and_closed_politely(
     assert_left_politely(listening)
 
 
+@pytest.mark.parametrize(
+    ("family", "address"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+)
+def test_a_socket_connected_to_itself_is_refused_and_closed(
+    family: int, address: str
+) -> None:
+    """The kernel may pick the port probed as the probe's own, when nothing
+    listens there: TCP's simultaneous open connects the socket to itself,
+    and nothing accepted it. The quick look, the blocking check and the
+    socket transport all start here."""
+    if family == socket.AF_INET6 and not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    sock = socket.socket(family)
+    sock.setblocking(False)
+    sock.bind((address, 0))
+    port = sock.getsockname()[1]
+    assert start_connect(address, port, lambda f: sock) == (None, Outcome.REFUSED)
+    assert sock.fileno() == -1
+
+
 def test_a_handshake_under_way_hands_back_its_socket() -> None:
     sock = InFlight()
     assert start_connect("127.0.0.1", 1, lambda family: sock) == (sock, None)  # type: ignore[arg-type,return-value]

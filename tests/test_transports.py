@@ -168,6 +168,47 @@ async def test_accepted_leaves_no_fd(
     await _no_fd_left(reactor, before)
 
 
+class _BindingReactor:
+    """A reactor whose connectTCP binds the client's socket to ``bind``."""
+
+    def __init__(self, reactor: Any, bind: tuple[str, int]) -> None:
+        self._reactor = reactor
+        self._bind = bind
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def connectTCP(self, host: str, port: int, factory: Any, *args: Any) -> Any:
+        return self._reactor.connectTCP(host, port, factory, 30, self._bind)
+
+
+@needs_proc_fd
+@transports
+@pytest_twisted.ensureDeferred
+async def test_a_probe_connected_to_itself_is_refused(
+    transport: Transport, reactor: Any
+) -> None:
+    """When the kernel picks the port probed as the probe's own (a port in
+    its range of local ports, with nothing listening), TCP's simultaneous
+    open connects the socket to itself. Nothing accepted it: refused, as a
+    new user's daemon found ports that read "occupied" once in a while."""
+    before = _fds()
+    if transport is _SocketAttempt:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        attempt = _SocketAttempt(reactor, 1.0, make_socket=lambda family: sock)
+    else:
+        with socket.socket() as probe:  # a port of the kernel's choosing
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        attempt = _ProbeFactory(_BindingReactor(reactor, ("127.0.0.1", port)), 1.0)
+    outcome = await attempt.connect("127.0.0.1", port)
+    assert outcome is Outcome.REFUSED
+    await _no_fd_left(reactor, before)
+
+
 @needs_proc_fd
 @transports
 @pytest_twisted.ensureDeferred

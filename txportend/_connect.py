@@ -53,11 +53,17 @@ from ._sockets import (
 
 class _ProbeProtocol(Protocol):
     """Closes the connection the moment it is made, normally (a FIN), as a
-    polite client does."""
+    polite client does, noting whether it was connected to itself (see
+    :func:`~txportend._sockets.answer_of`)."""
+
+    def __init__(self, factory: _ProbeFactory) -> None:
+        self._factory = factory
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
+        if transport.getHost() == transport.getPeer():
+            self._factory.self_connected = True
         transport.loseConnection()
 
 
@@ -82,6 +88,8 @@ class _ProbeFactory(ClientFactory):
         self._giving_up = False
         self._timer: IDelayedCall | None = None
         self._address = ""
+        #: Whether the connection made was to itself: nothing accepted it.
+        self.self_connected = False
 
     def connect(self, address: str, port: int) -> Deferred[Outcome]:
         self._address = address
@@ -96,7 +104,7 @@ class _ProbeFactory(ClientFactory):
         return self.result
 
     def buildProtocol(self, addr: IAddress | None) -> _ProbeProtocol:
-        return _ProbeProtocol()
+        return _ProbeProtocol(self)
 
     def _expire(self) -> None:
         self._timer = self._reactor.callLater(0, self._give_up)
@@ -137,7 +145,7 @@ class _ProbeFactory(ClientFactory):
 
     def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
         # The connection was made and closed: the socket is gone now.
-        self._fire(Outcome.ACCEPTED)
+        self._fire(Outcome.REFUSED if self.self_connected else Outcome.ACCEPTED)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         if type(reason.value) is error.UserError:

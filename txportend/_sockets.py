@@ -31,7 +31,10 @@ class Outcome(enum.Enum):
 
     #: Something accepted the connection: the port is occupied.
     ACCEPTED = "accepted"
-    #: The connection was refused (RST): nothing listens there.
+    #: The connection was refused (RST): nothing listens there. Also a
+    #: probe connected to itself: when nothing listens on a port in the range
+    #: the kernel picks local ports from, it may pick that very port for the
+    #: probe, and TCP's simultaneous open connects the socket to itself.
     REFUSED = "refused"
     #: No answer before the probe timeout (a dropped SYN, a full backlog, a
     #: firewall). portend counts this as free; here the caller can tell.
@@ -72,14 +75,23 @@ def outcome_of(code: int) -> Outcome:
 
 
 def answer_of(sock: socket.socket, unconnected: int) -> int:
-    """A non-blocking connect()'s errno so far: 0 when connected, the error
-    when it failed, ``unconnected`` while there is no answer yet."""
+    """
+    A non-blocking connect()'s errno so far: 0 when connected, the error
+    when it failed, ``unconnected`` while there is no answer yet.
+
+    A socket connected to itself is ECONNREFUSED: when the port probed is in
+    the range the kernel picks local ports from and nothing listens on it,
+    the kernel may pick that very port for the probe, and TCP's simultaneous
+    open then connects the socket to itself. Nothing accepted it.
+    """
     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code == 0:
         try:
-            sock.getpeername()
+            peer = sock.getpeername()
         except OSError:
             return unconnected
+        if peer == sock.getsockname():
+            return errno.ECONNREFUSED
     return code
 
 
@@ -256,7 +268,7 @@ def start_connect(
         raise
     try:
         code = sock.connect_ex(sockaddr)
-        if code in _IN_PROGRESS:
+        if code == 0 or code in _IN_PROGRESS:
             code = answer_of(sock, unconnected=errno.EINPROGRESS)
         if code == errno.EINPROGRESS:
             return sock, None
