@@ -91,6 +91,7 @@ from ._cli_output import (
     describe,
     lost,
     say_error,
+    say_warning,
     signal_name,
     silence_lost_streams,
     write,
@@ -210,10 +211,15 @@ def _find() -> int:
     """
     Print a port to use: from the portserver at ``PORTSERVER_ADDRESS`` when
     it is set (reserved for the process that ran this one, as portpicker's
-    command line does), else one nothing is bound to now. A signal stops it
-    (128 + N).
+    command line does), else one nothing is bound to now. A portserver that
+    can't be reached or gives no port is one warning line, and a port found
+    without it, as portpicker's ``pick_unused_port`` falls back. A signal
+    stops it (128 + N).
     """
     from twisted.internet.defer import CancelledError
+
+    from ._errors import PortServerError
+    from ._probe import find_available_local_port
 
     found: list[int] = []
     address = os.environ.get("PORTSERVER_ADDRESS")
@@ -223,11 +229,15 @@ def _find() -> int:
         if address:
             from ._portclient import request_port
 
+            def without_it(failure: Failure) -> Deferred[int]:
+                failure.trap(PortServerError)  # type: ignore[no-untyped-call]
+                say_warning(f"{describe(failure.value)} Found a port without it.")
+                return find_available_local_port(reactor=reactor)  # type: ignore[arg-type]
+
             # This process ends at once: the port is held for its parent.
             asked = request_port(address, pid=os.getppid(), reactor=reactor)  # type: ignore[arg-type]
+            asked.addErrback(without_it)
         else:
-            from ._probe import find_available_local_port
-
             asked = find_available_local_port(reactor=reactor)  # type: ignore[arg-type]
 
         def begin() -> None:
