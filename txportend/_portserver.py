@@ -363,9 +363,10 @@ class PortServer(Service):
         self._pace()
         super().startService()  # type: ignore[no-untyped-call]
         log.info(
-            "Portserver on {address}, handing out {count} ports.",
+            "Portserver on {address}, handing out {count} {ports}.",
             address=self.address,
             count=len(self.pool),
+            ports="port" if len(self.pool) == 1 else "ports",
         )
 
     def _listen(self) -> IListeningPort:
