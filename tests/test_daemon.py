@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,7 +208,13 @@ def test_in_the_background_too_it_ends_with_one_line_and_exit_1(
     errors = [line for line in logged.splitlines() if "error" in line]
     assert len(errors) == 1
     assert errors[0].endswith(f"[txportend.tap#error] {reason}")
-    assert not (tmp_path / "portend.pid").exists()
+    # The parent exits on the daemon's word, which comes just before the
+    # daemon removes its pidfile: give the daemon its moment (bounded).
+    pidfile = tmp_path / "portend.pid"
+    deadline = time.monotonic() + PATIENCE
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pidfile.exists()
 
 
 @pytest.mark.parametrize("endpoint", ["taken", "unix-missing-directory"])
