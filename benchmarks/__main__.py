@@ -700,6 +700,23 @@ def scenario_daemon(quick: bool, seed: int, raw: dict[str, Any]) -> list[Row]:
         ),
         Row(
             name,
+            "/metrics in the first interval, worst",
+            max(d["early_scrape_seconds"], default=None),
+            None,
+            "s",
+            "<= 1 s",
+            "PASS"
+            if d["early_scrape_seconds"]
+            and not d["early_scrape_failures"]
+            and max(d["early_scrape_seconds"]) <= 1
+            else "FAIL",
+            f"{len(d['early_scrape_seconds'])} scrapes answered, "
+            f"{d['early_scrape_failures']} not, from the moment the daemon's "
+            f"reactor runs to {interval:g} s, through every target's first "
+            "probe: " + ", ".join(_fmt(x, "s") for x in d["early_scrape_seconds"]),
+        ),
+        Row(
+            name,
             "/metrics, median",
             median(times) if times else None,
             None,

@@ -25,7 +25,9 @@ these, for each target, the time between the ends of consecutive probes (its
 started minus when it fell due (the previous end plus the pause).
 
 Scrapes: from this process (not the daemon's), over loopback TCP, one at a
-time, ``scrapes`` of them spread over the second half of the steady part,
+time: a few in the first interval (:data:`EARLY_SCRAPES`, from the moment
+the daemon's reactor runs, through every target's first probe), then
+``scrapes`` of them spread over the second half of the steady part,
 alternately asking for the text format 0.0.4 and for OpenMetrics with
 Prometheus' own ``Accept`` header; each is timed from sending the request
 to having the whole body. The probes that fell due while a scrape was being
@@ -83,6 +85,10 @@ PROMETHEUS_ACCEPT = (
 )
 
 TWISTD = "from twisted.scripts.twistd import run; run()"
+
+#: Seconds after the daemon's reactor started at which ``/metrics`` is also
+#: scraped, through every target's first probe (those within the interval).
+EARLY_SCRAPES = (0.0, 0.5, 1.5, 3.0, 5.0, 7.0, 9.0)
 
 _TAC = """\
 # Written by the benchmarks' scenario 8 for twistd -y.
@@ -466,6 +472,14 @@ def run_side(
         if ready is None or ready["port"] is None:
             return {"unavailable": "the daemon did not start: " + _tail(files)}
         t0 = ready["t0"]
+        early: list[dict[str, Any]] = []
+        for k, at in enumerate(EARLY_SCRAPES):
+            if at >= interval:
+                break
+            monotonic_sleep_until(t0 + at)
+            scraped = _scrape(ready["port"], PROMETHEUS_ACCEPT if k % 2 else None)
+            scraped.pop("body", None)
+            early.append(scraped)
         spacing = steady / 2 / scrapes
         done: list[dict[str, Any]] = []
         for k in range(scrapes):
@@ -496,6 +510,8 @@ def run_side(
         n, interval, duration, budget, ready, results, done, stop_seconds, log_text
     ) | {
         "start_seconds": ready["running_after"] + (t0 - launched),
+        "early_scrape_seconds": [e["seconds"] for e in early if "seconds" in e],
+        "early_scrape_failures": sum("seconds" not in e for e in early),
         "waited_for_ports": waited,
         "time_wait": time_wait,
     }
