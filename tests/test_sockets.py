@@ -18,7 +18,13 @@ import pytest_twisted
 import txportend
 from txportend import Outcome, PortNotFree
 from txportend._probe import probe_now
-from txportend._sockets import connect_now, lacks_family, settle, start_connect
+from txportend._sockets import (
+    bind_now,
+    connect_now,
+    lacks_family,
+    settle,
+    start_connect,
+)
 from txportend._wait import assert_free_now
 
 from .fakes import has_ipv6_loopback
@@ -127,6 +133,8 @@ def test_a_socket_connected_to_itself_is_refused_and_closed(
     port = sock.getsockname()[1]
     assert start_connect(address, port, lambda f: sock) == (None, Outcome.REFUSED)
     assert sock.fileno() == -1
+    # closed with a reset: the probed port is not left in TIME_WAIT
+    assert bind_now(address, port) == port
 
 
 def test_a_handshake_under_way_hands_back_its_socket() -> None:

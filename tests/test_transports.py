@@ -27,6 +27,7 @@ from twisted.internet.task import deferLater
 import txportend
 from txportend import Outcome
 from txportend._connect import _ProbeFactory, _SocketAttempt
+from txportend._sockets import bind_now
 
 from .fakes import time_wait
 
@@ -207,6 +208,8 @@ async def test_a_probe_connected_to_itself_is_refused(
     outcome = await attempt.connect("127.0.0.1", port)
     assert outcome is Outcome.REFUSED
     await _no_fd_left(reactor, before)
+    # closed with a reset: the probed port is not left in TIME_WAIT
+    assert bind_now("127.0.0.1", port) == port
 
 
 @needs_proc_fd

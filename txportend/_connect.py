@@ -63,7 +63,10 @@ class _ProbeProtocol(Protocol):
         transport = self.transport
         assert transport is not None
         if transport.getHost() == transport.getPeer():
+            # A reset, so that the probed port is not left in TIME_WAIT.
             self._factory.self_connected = True
+            transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport
+            return
         transport.loseConnection()
 
 

@@ -22,6 +22,7 @@ import enum
 import errno
 import os
 import socket
+import struct
 import sys
 from collections.abc import Callable
 
@@ -82,7 +83,10 @@ def answer_of(sock: socket.socket, unconnected: int) -> int:
     A socket connected to itself is ECONNREFUSED: when the port probed is in
     the range the kernel picks local ports from and nothing listens on it,
     the kernel may pick that very port for the probe, and TCP's simultaneous
-    open then connects the socket to itself. Nothing accepted it.
+    open then connects the socket to itself. Nothing accepted it. Such a
+    socket is set to close with a reset: a normal close would leave the
+    probed port itself in TIME_WAIT, where no server could bind it for a
+    minute.
     """
     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code == 0:
@@ -91,8 +95,13 @@ def answer_of(sock: socket.socket, unconnected: int) -> int:
         except OSError:
             return unconnected
         if peer == sock.getsockname():
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
             return errno.ECONNREFUSED
     return code
+
+
+#: SO_LINGER on, for 0 seconds: close() resets the connection.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 def _sockaddr(address: str, port: int) -> tuple[object, ...]:
@@ -144,9 +153,10 @@ def bind_now(address: str, port: int, kind: int = socket.SOCK_STREAM) -> int:
     :param kind: ``socket.SOCK_STREAM`` (TCP) or ``socket.SOCK_DGRAM`` (UDP).
     :return: the port bound: ``port``, or the kernel's pick for 0.
     :raises twisted.internet.error.CannotListenError: with the
-        :exc:`OSError` of ``socket()``, ``bind()`` or ``listen()`` (or of an
-        IPv6 scope that names no interface) as its ``socketError``, as
-        ``listenTCP`` raises it. The socket is closed whatever happens.
+        :exc:`OSError` of ``socket()``, ``bind()`` or ``listen()`` (or the
+        error of an IPv6 scope that names no interface, or can't be one) as
+        its ``socketError``, as ``listenTCP`` raises it. The socket is closed
+        whatever happens.
     """
     sock: socket.socket | None = None
     try:
@@ -158,7 +168,7 @@ def bind_now(address: str, port: int, kind: int = socket.SOCK_STREAM) -> int:
         if kind == socket.SOCK_STREAM:
             sock.listen(_BACKLOG)
         bound: int = sock.getsockname()[1]
-    except OSError as e:
+    except (OSError, UnicodeError) as e:  # UnicodeError: a bad %scope
         # Imported here: the command line's quick look uses this module
         # before Twisted is imported.
         from twisted.internet.error import CannotListenError
