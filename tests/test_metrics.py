@@ -479,6 +479,22 @@ VALUES = "application/openmetrics-text; version=1.0.0; escaping=values"
 DOTS = "application/openmetrics-text; version=1.0.0; escaping=dots"
 
 
+@pytest.mark.parametrize(
+    "accept_header",
+    [
+        "application/openmetrics-text; version=abc",
+        "text/plain; version=1.x.0",
+    ],
+)
+def test_an_accept_header_prometheus_client_cannot_read_gets_the_default(
+    accept_header: str,
+) -> None:
+    _, watchlist = two_targets()
+    text, content_type = scrape(watchlist, accept_header)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert text.encode() == whole(watchlist, None)
+
+
 def test_formats_that_write_samples_alike_share_their_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -564,11 +580,11 @@ def test_the_refresher_keeps_the_lines_current(
     assert clock.getDelayedCalls() == []
 
 
-def test_under_twistd_the_refresher_makes_every_line_before_the_reactor_runs(
+def test_started_before_its_reactor_runs_the_refresher_makes_every_line_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """twistd's privileged start (before its reactor runs, before anything
-    listens) goes through every target at once; the cycles follow."""
+    """twistd and twist start their services before their reactor runs:
+    the first time through is done then, at once; the cycles follow."""
     monkeypatch.setattr(txportend._exposition, "SLICE", 4)
     seen = counting_encoders(monkeypatch)
     targets = [fake_target(n) for n in range(10)]
@@ -576,11 +592,11 @@ def test_under_twistd_the_refresher_makes_every_line_before_the_reactor_runs(
     watchlist = Watchlist(list(targets))  # type: ignore[arg-type]
     exposition = Exposition(watchlist)  # type: ignore[arg-type]
     clock = Clock()
+    clock.running = False  # type: ignore[attr-defined]
     refresher = Refresher(exposition, clock, cycle=12.0)
-    refresher.privilegedStartService()
+    refresher.startService()
     assert sorted(target for target, _ in seen) == sorted(names * 9)
     seen.clear()
-    refresher.startService()
     assert [c.getTime() for c in clock.getDelayedCalls()] == [4.0]
     targets[0].monitor.changes += 1
     clock.advance(4)
@@ -592,8 +608,9 @@ def test_under_twistd_the_refresher_makes_every_line_before_the_reactor_runs(
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.parametrize("running", [True, False])
 def test_a_refresher_that_fails_stops_and_says_so(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, running: bool
 ) -> None:
     """A bug in refreshing is logged once; the refresher stops, and scrapes
     still work."""
@@ -605,6 +622,7 @@ def test_a_refresher_that_fails_stops_and_says_so(
 
     monkeypatch.setattr(exposition, "refresh", broken)
     clock = Clock()
+    clock.running = running  # type: ignore[attr-defined]
     refresher = Refresher(exposition, clock)
     with capturedLogs() as events:
         refresher.startService()

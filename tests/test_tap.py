@@ -298,6 +298,10 @@ def test_make_service_keeps_the_metrics_current_between_scrapes(
         return original(encode, families)
 
     monkeypatch.setattr(txportend._exposition, "encoded", counting)
+    # It starts after the endpoints listen: a request that comes while it
+    # makes the lines waits in the kernel's queue.
+    kinds = [type(s).__name__ for s in service]
+    assert kinds[-2:] == ["_Listening", "Refresher"]
     service.startService()
     try:
         reactor.advance(0.25)  # the first probes, answered

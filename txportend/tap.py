@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -220,12 +220,15 @@ def makeService(
     if start.portserver is not None:
         portserver = _portserver(start.portserver, reactor)
         portserver.setServiceParent(daemon)  # type: ignore[no-untyped-call]
-    site = _site(watchlist, reactor, portserver, daemon)
+    site, refresher = _site(watchlist, reactor, portserver)
     for description in start.listen:
         endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
         listening = _Listening(endpoint, site)  # type: ignore[no-untyped-call]
         listening.description = description
         listening.setServiceParent(daemon)  # type: ignore[no-untyped-call]
+    # Started after the endpoints listen: a request that comes while it
+    # makes the /metrics lines waits in the kernel's queue.
+    refresher.setServiceParent(daemon)  # type: ignore[no-untyped-call]
     return daemon
 
 
@@ -325,21 +328,19 @@ class _PortServing(PortServer):
 
 
 def _site(
-    watchlist: Watchlist,
-    reactor: IPortendReactor,
-    portserver: PortServer | None,
-    daemon: MultiService,
-) -> Site:
-    """The web site: the status page, ``/status`` and ``/metrics``, whose
-    :class:`~txportend._exposition.Refresher` joins ``daemon``."""
+    watchlist: Watchlist, reactor: IPortendReactor, portserver: PortServer | None
+) -> tuple[Site, Service]:
+    """The web site (the status page, ``/status`` and ``/metrics``), and the
+    :class:`~txportend._exposition.Refresher` that keeps its ``/metrics``
+    lines current."""
     from ._exposition import Exposition, Refresher
     from ._web import make_site
 
     exposition = Exposition(watchlist, portserver)
-    Refresher(exposition, reactor).setServiceParent(daemon)  # type: ignore[no-untyped-call]
-    return make_site(
+    site = make_site(
         watchlist, reactor=reactor, portserver=portserver, exposition=exposition
     )
+    return site, Refresher(exposition, reactor)
 
 
 __all__ = ["Options", "makeService"]
