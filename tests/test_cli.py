@@ -1135,6 +1135,25 @@ def test_a_target_already_there_does_not_start_the_reactor(listening: int) -> No
     assert run_python(REACTOR_USED.format(args=args)) == "False\n"
 
 
+def test_find_without_a_portserver_needs_no_twisted() -> None:
+    """--find without PORTSERVER_ADDRESS is one bind: Twisted's reactor and
+    Deferreds are not even imported."""
+    code = (
+        "import os, sys\n"
+        "os.environ.pop('PORTSERVER_ADDRESS', None)\n"
+        "from txportend import cli\n"
+        "try:\n"
+        "    cli.main(['--find'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print([m in sys.modules for m in "
+        "('twisted.internet.reactor', 'twisted.internet.defer')])\n"
+    )
+    port, imported = run_python(code).splitlines()
+    assert 0 < int(port) < 65536
+    assert imported == "[False, False]"
+
+
 def test_a_target_not_there_yet_is_waited_on_by_the_core(closed: int) -> None:
     args = [f"127.0.0.1:{closed}", "occupied", "-t", "0", "-q"]
     assert run_python(REACTOR_USED.format(args=args)) == "True\n"

@@ -37,7 +37,7 @@ from ._hostport import TimeoutType, check_host, check_port, client_host, seconds
 from ._reactor import IPortendReactor, get_reactor
 from ._result import ProbeResult, is_address
 from ._result import probe_now as _probe_now
-from ._sockets import Outcome, bind_now
+from ._sockets import Outcome, bind_now, local_port_now
 
 
 @implementer(IResolutionReceiver)
@@ -324,19 +324,6 @@ def can_bind(
         return True
 
     return addresses.addCallback(bind_each)
-
-
-def local_port_now() -> int:
-    """
-    A TCP port on 127.0.0.1 that nothing is bound to, picked by the kernel:
-    port 0 bound as ``reactor.listenTCP(0)`` would bind it (with
-    ``SO_REUSEADDR`` on POSIX), and the socket closed at once. It never
-    blocks and needs no reactor.
-
-    :raises twisted.internet.error.CannotListenError: when no socket could be
-        bound (out of file descriptors, say).
-    """
-    return bind_now("127.0.0.1", 0)
 
 
 def find_available_local_port(

@@ -180,6 +180,19 @@ def bind_now(address: str, port: int, kind: int = socket.SOCK_STREAM) -> int:
     return bound
 
 
+def local_port_now() -> int:
+    """
+    A TCP port on 127.0.0.1 that nothing is bound to, picked by the kernel:
+    port 0 bound as ``reactor.listenTCP(0)`` would bind it (with
+    ``SO_REUSEADDR`` on POSIX), and the socket closed at once. It never
+    blocks and needs no reactor.
+
+    :raises twisted.internet.error.CannotListenError: when no socket could be
+        bound (out of file descriptors, say).
+    """
+    return bind_now("127.0.0.1", 0)
+
+
 # What socket() or connect() says when this machine has no address of the
 # family to connect from: IPv6 switched off (no ::1), or not built in.
 _NO_FAMILY = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})

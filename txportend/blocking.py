@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from . import _portclient, _probe, _resolver, _wait
+from . import _portclient, _resolver, _sockets, _wait
 from ._errors import PortNotFree, Timeout
 from ._hostport import HostPort, TimeoutType, client_host
 from ._reactor import IPortendReactor
@@ -423,7 +423,7 @@ def find_available_local_port() -> int:
     :raises twisted.internet.error.CannotListenError: when no socket could be
         bound (out of file descriptors, say).
     """
-    return _probe.local_port_now()
+    return _sockets.local_port_now()
 
 
 def request_port(

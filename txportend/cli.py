@@ -216,29 +216,40 @@ def _find() -> int:
     without it, as portpicker's ``pick_unused_port`` falls back. A signal
     stops it (128 + N).
     """
+    address = os.environ.get("PORTSERVER_ADDRESS")
+    if latch.caught is not None:
+        return _interrupted(latch.caught)
+    if not address:  # a bind: no reactor, no Twisted needed
+        from ._sockets import local_port_now
+
+        try:
+            port = local_port_now()
+        except Exception as error:
+            from twisted.internet.error import CannotListenError
+
+            if not isinstance(error, CannotListenError):
+                raise
+            say_error(describe(error))
+            return EXIT_FAILED
+        return _output_only(f"{port}\n")
+
     from twisted.internet.defer import CancelledError
 
     from ._errors import PortServerError
+    from ._portclient import request_port
     from ._probe import find_available_local_port
 
     found: list[int] = []
-    address = os.environ.get("PORTSERVER_ADDRESS")
 
     def start(reactor: IReactorCore) -> Deferred[None]:
-        asked: Deferred[int]
-        if address:
-            from ._portclient import request_port
+        def without_it(failure: Failure) -> Deferred[int]:
+            failure.trap(PortServerError)  # type: ignore[no-untyped-call]
+            say_warning(f"{describe(failure.value)} Found a port without it.")
+            return find_available_local_port(reactor=reactor)  # type: ignore[arg-type]
 
-            def without_it(failure: Failure) -> Deferred[int]:
-                failure.trap(PortServerError)  # type: ignore[no-untyped-call]
-                say_warning(f"{describe(failure.value)} Found a port without it.")
-                return find_available_local_port(reactor=reactor)  # type: ignore[arg-type]
-
-            # This process ends at once: the port is held for its parent.
-            asked = request_port(address, pid=os.getppid(), reactor=reactor)  # type: ignore[arg-type]
-            asked.addErrback(without_it)
-        else:
-            asked = find_available_local_port(reactor=reactor)  # type: ignore[arg-type]
+        # This process ends at once: the port is held for its parent.
+        asked = request_port(address, pid=os.getppid(), reactor=reactor)  # type: ignore[arg-type]
+        asked.addErrback(without_it)
 
         def begin() -> None:
             latch.install()  # back from the reactor's own handlers
@@ -252,8 +263,6 @@ def _find() -> int:
         reactor.callWhenRunning(begin)
         return asked.addCallback(found.append)
 
-    if latch.caught is not None:
-        return _interrupted(latch.caught)
     try:
         _react(start)
     except CancelledError:
