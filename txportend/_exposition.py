@@ -271,7 +271,8 @@ class Exposition:
 
     def refresh(self, targets: Sequence[Target]) -> None:
         """Read ``targets`` now and bring their sample lines in the text
-        format 0.0.4 and OpenMetrics up to date."""
+        format 0.0.4 up to date: OpenMetrics' too, while it writes samples
+        alike (it does with the ``prometheus_client`` versions tested)."""
         self._current.update(read(targets))
 
     def forget(self, targets: Sequence[Target]) -> None:
