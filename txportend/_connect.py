@@ -53,8 +53,8 @@ from ._sockets import (
 
 class _ProbeProtocol(Protocol):
     """Closes the connection the moment it is made, normally (a FIN), as a
-    polite client does, noting whether it was connected to itself (see
-    :func:`~txportend._sockets.answer_of`)."""
+    polite client does; a connection to itself (see
+    :func:`~txportend._sockets.answer_of`) is noted, and reset."""
 
     def __init__(self, factory: _ProbeFactory) -> None:
         self._factory = factory
