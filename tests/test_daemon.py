@@ -65,6 +65,17 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def the_error_line(done: subprocess.CompletedProcess[str], text: str) -> None:
+    """twistd -n ended with exit 1, no traceback, and exactly one error line
+    (in its log, on standard output): ``... [txportend.tap#error] TEXT``."""
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert errors[0].endswith(f"[txportend.tap#error] {text}")
+
+
 def bound() -> tuple[socket.socket, int]:
     """A loopback socket bound to a port of its own, not listening: its port
     is free until the test listens on it, and no one else can take it."""
@@ -244,14 +255,7 @@ def test_an_endpoint_it_cannot_listen_on_is_one_logged_line_and_exit_1(
             ],
             tmp_path,
         )
-    assert done.returncode == 1
-    output = done.stdout + done.stderr
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if "error" in line]
-    assert len(errors) == 1
-    assert errors[0].endswith(
-        f"[txportend.tap#error] portend: error: cannot listen on {reason}"
-    )
+    the_error_line(done, f"portend: error: cannot listen on {reason}")
     assert not (tmp_path / "twistd.pid").exists()
 
 
@@ -411,14 +415,9 @@ def test_the_portserver_hands_portpicker_processes_distinct_ports(
         for c in children:
             c.communicate("", timeout=PATIENCE)
     assert all(c.returncode == 0 for c in children)
-    assert second.returncode == 1
-    output = second.stdout + second.stderr
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if "error" in line]
-    assert len(errors) == 1
-    assert errors[0].endswith(
-        f"[txportend.tap#error] portend: error: portserver: "
-        f"Another server is listening on {address}."
+    the_error_line(
+        second,
+        f"portend: error: portserver: Another server is listening on {address}.",
     )
 
     assert daemon.stop(signal.SIGTERM) == -signal.SIGTERM
@@ -453,13 +452,11 @@ def test_a_path_that_is_not_a_socket_ends_it_with_one_line(
         tmp_path,
     )
     line = "portend: error: portserver: not-a-socket exists and is not a socket."
-    assert done.returncode == 1
-    assert "Traceback" not in done.stdout + done.stderr
     if runner == "twist":
+        assert done.returncode == 1
         assert (done.stdout, done.stderr) == ("", line + "\n")
     else:
-        errors = [x for x in done.stdout.splitlines() if "error" in x]
-        assert len(errors) == 1 and errors[0].endswith(f"#error] {line}")
+        the_error_line(done, line)
         assert done.stderr == ""
     assert (tmp_path / "not-a-socket").read_text() == ""
 
