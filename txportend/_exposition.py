@@ -169,12 +169,11 @@ def _specimen(encode: Encoder) -> bytes:
 
 
 class _Format:
-    """One exposition format: its encoder, each series' ``HELP`` and
-    ``TYPE`` lines, and the sample lines it shares with the formats that
+    """One exposition format (of encoder ``encode``): each series' ``HELP``
+    and ``TYPE`` lines, and the sample lines it shares with the formats that
     write samples alike."""
 
     def __init__(self, encode: Encoder, lines: _Lines) -> None:
-        self.encode = encode
         self.heads = [
             b"".join(
                 x
